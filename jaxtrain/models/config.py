@@ -1,0 +1,253 @@
+"""Model hyper-parameters: the `model` config section and the frozen `ModelConfig` the
+modules read. Field names follow Hugging Face where one exists."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from ml_collections import ConfigDict
+
+REMAT_POLICIES = ("none", "full", "save_dots", "save_attention_out")
+MOE_IMPLS = ("dropless", "capacity")
+ROUTERS = ("softmax_topk", "topk_softmax", "sigmoid_group")
+ROPE_TYPES = ("none", "linear", "llama3", "yarn")
+LAYER_TYPES = ("full_attention", "sliding_attention")
+ACTIVATIONS = ("silu", "gelu", "gelu_tanh", "relu")
+
+
+def rope_defaults() -> ConfigDict:
+  return ConfigDict({
+      "type": "none",
+      "factor": 1.0,
+      # llama3
+      "low_freq_factor": 1.0,
+      "high_freq_factor": 4.0,
+      "original_max_position_embeddings": 0,
+      # yarn
+      "beta_fast": 32.0,
+      "beta_slow": 1.0,
+      "mscale": 1.0,
+      "mscale_all_dim": 0.0,
+      "attention_factor": 0.0,  # 0 = derive from factor (and mscale) as HF does
+      "truncate": True,
+  })
+
+
+def defaults() -> ConfigDict:
+  return ConfigDict({
+      "arch": "qwen3_moe",  # the Hugging Face model_type this model exports as
+      "init_from": "",  # HF directory or jaxtrain checkpoint to start from ("" = random init)
+      "vocab_size": 272,
+      "hidden_size": 128,
+      "num_layers": 4,
+      "num_heads": 4,
+      "num_kv_heads": 2,
+      "head_dim": 32,  # 0 = hidden_size // num_heads
+      "intermediate_size": 512,  # dense MLP layers
+      "activation": "silu",
+      "rms_norm_eps": 1e-6,
+      "rope_theta": 1_000_000.0,
+      "rope_scaling": rope_defaults(),
+      "max_position_embeddings": 4096,
+      "qk_norm": True,
+      "attention_bias": False,  # bias on q/k/v projections
+      "attention_out_bias": False,  # bias on the output projection
+      "sliding_window": 0,
+      "layer_types": (),  # per layer "full_attention" | "sliding_attention"; () = all full
+      "attention_sinks": False,
+      "tie_word_embeddings": False,
+      "initializer_range": 0.02,
+      # Mixture of experts (num_experts = 0: every layer dense).
+      "num_experts": 8,
+      "num_experts_per_tok": 2,
+      "moe_intermediate_size": 256,
+      "norm_topk_prob": True,
+      "decoder_sparse_step": 1,
+      "mlp_only_layers": (),
+      "first_k_dense": 0,
+      "shared_expert_intermediate_size": 0,
+      "shared_expert_gate": False,
+      "router": "softmax_topk",
+      "moe_impl": "dropless",
+      "capacity_factor": 1.25,
+      "aux_loss_weight": 0.001,
+      "z_loss_weight": 0.0,
+      # Numerics and memory.
+      "dtype": "float32",  # compute dtype; params stay in param_dtype (fp32 masters)
+      "param_dtype": "float32",
+      "remat": "none",
+  })
+
+
+@dataclasses.dataclass(frozen=True)
+class RopeScaling:
+  type: str = "none"
+  factor: float = 1.0
+  low_freq_factor: float = 1.0
+  high_freq_factor: float = 4.0
+  original_max_position_embeddings: int = 0
+  beta_fast: float = 32.0
+  beta_slow: float = 1.0
+  mscale: float = 1.0
+  mscale_all_dim: float = 0.0
+  attention_factor: float = 0.0
+  truncate: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerKind:
+  """What makes two decoder layers structurally different (they cannot share a scan)."""
+  moe: bool
+  sliding_window: int  # 0 = full attention
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  arch: str = "qwen3_moe"
+  vocab_size: int = 272
+  hidden_size: int = 128
+  num_layers: int = 4
+  num_heads: int = 4
+  num_kv_heads: int = 2
+  head_dim: int = 32
+  intermediate_size: int = 512
+  activation: str = "silu"
+  rms_norm_eps: float = 1e-6
+  rope_theta: float = 1_000_000.0
+  rope_scaling: RopeScaling = RopeScaling()
+  max_position_embeddings: int = 4096
+  qk_norm: bool = True
+  attention_bias: bool = False
+  attention_out_bias: bool = False
+  sliding_window: int = 0
+  layer_types: tuple[str, ...] = ()
+  attention_sinks: bool = False
+  tie_word_embeddings: bool = False
+  initializer_range: float = 0.02
+  num_experts: int = 8
+  num_experts_per_tok: int = 2
+  moe_intermediate_size: int = 256
+  norm_topk_prob: bool = True
+  decoder_sparse_step: int = 1
+  mlp_only_layers: tuple[int, ...] = ()
+  first_k_dense: int = 0
+  shared_expert_intermediate_size: int = 0
+  shared_expert_gate: bool = False
+  router: str = "softmax_topk"
+  moe_impl: str = "dropless"
+  capacity_factor: float = 1.25
+  aux_loss_weight: float = 0.001
+  z_loss_weight: float = 0.0
+  dtype: str = "float32"
+  param_dtype: str = "float32"
+  remat: str = "none"
+  # Kernel choices travel with the model so modules need no global state.
+  attention_impl: str = "auto"
+  gmm_impl: str = "auto"
+
+  @classmethod
+  def from_config(cls, model: Any, kernels: Any = None) -> "ModelConfig":
+    values = dict(model.to_dict() if isinstance(model, ConfigDict) else model)
+    values.pop("init_from", None)
+    rope = values.pop("rope_scaling", None) or {}
+    rope = dict(rope.to_dict() if isinstance(rope, ConfigDict) else rope)
+    for key in ("layer_types", "mlp_only_layers"):
+      values[key] = tuple(values.get(key, ()))
+    if kernels is not None:
+      values["attention_impl"] = kernels["attention"]
+      values["gmm_impl"] = kernels["gmm"]
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(values) - known
+    if unknown:
+      raise ValueError(f"unknown model fields {sorted(unknown)}")
+    return cls(rope_scaling=RopeScaling(**rope), **values)
+
+  def replace(self, **changes) -> "ModelConfig":
+    return dataclasses.replace(self, **changes)
+
+  @property
+  def resolved_head_dim(self) -> int:
+    return self.head_dim or self.hidden_size // self.num_heads
+
+  def is_moe_layer(self, index: int) -> bool:
+    if self.num_experts <= 0 or index < self.first_k_dense or index in self.mlp_only_layers:
+      return False
+    return (index + 1) % self.decoder_sparse_step == 0
+
+  def layer_window(self, index: int) -> int:
+    if self.layer_types:
+      return self.sliding_window if self.layer_types[index] == "sliding_attention" else 0
+    return self.sliding_window
+
+  def layer_kinds(self) -> tuple[LayerKind, ...]:
+    return tuple(LayerKind(self.is_moe_layer(i), self.layer_window(i)) for i in range(self.num_layers))
+
+  def stages(self) -> tuple[tuple[tuple[LayerKind, ...], int], ...]:
+    """Splits the layers into scanned stages: (unit of layer kinds, repeats).
+
+    A periodic pattern (all alike, dense/MoE alternating, sliding/full alternating) is one
+    stage whose unit is the period; otherwise consecutive runs of one kind become stages.
+    Compile time then depends on the number of distinct stages, not on depth.
+    """
+    kinds = self.layer_kinds()
+    n = len(kinds)
+    for period in range(1, n + 1):
+      if n % period == 0 and all(kinds[i] == kinds[i % period] for i in range(n)):
+        if period < n or n == 1:
+          return ((kinds[:period], n // period),)
+        break
+    stages: list[tuple[tuple[LayerKind, ...], int]] = []
+    for kind in kinds:
+      if stages and stages[-1][0] == (kind,):
+        stages[-1] = ((kind,), stages[-1][1] + 1)
+      else:
+        stages.append(((kind,), 1))
+    return tuple(stages)
+
+  def layer_location(self, index: int) -> tuple[int, int, int]:
+    """Layer index -> (stage, repeat, slot within the unit)."""
+    start = 0
+    for s, (unit, repeats) in enumerate(self.stages()):
+      size = len(unit) * repeats
+      if index < start + size:
+        offset = index - start
+        return s, offset // len(unit), offset % len(unit)
+      start += size
+    raise IndexError(f"layer {index} out of range for {self.num_layers} layers")
+
+
+def validate(config: ConfigDict) -> None:
+  from jaxtrain.config import require
+
+  m = config.model
+  require(m.num_layers >= 1, "model.num_layers", f"must be >= 1, got {m.num_layers}")
+  require(m.num_heads % max(m.num_kv_heads, 1) == 0 and m.num_kv_heads >= 1, "model.num_kv_heads",
+          f"num_heads={m.num_heads} must be a multiple of num_kv_heads={m.num_kv_heads}")
+  require(m.head_dim > 0 or m.hidden_size % m.num_heads == 0, "model.head_dim",
+          f"0 needs hidden_size={m.hidden_size} divisible by num_heads={m.num_heads}")
+  require(m.remat in REMAT_POLICIES, "model.remat", f"{m.remat!r} is not one of {REMAT_POLICIES}")
+  require(m.moe_impl in MOE_IMPLS, "model.moe_impl", f"{m.moe_impl!r} is not one of {MOE_IMPLS}")
+  require(m.router in ROUTERS, "model.router", f"{m.router!r} is not one of {ROUTERS}")
+  require(m.activation in ACTIVATIONS, "model.activation", f"{m.activation!r} is not one of {ACTIVATIONS}")
+  require(m.rope_scaling.type in ROPE_TYPES, "model.rope_scaling.type",
+          f"{m.rope_scaling.type!r} is not one of {ROPE_TYPES}")
+  for key in ("dtype", "param_dtype"):
+    require(m[key] in ("float32", "bfloat16", "float16"), f"model.{key}",
+            f"{m[key]!r} is not one of float32, bfloat16, float16")
+  if m.num_experts > 0:
+    require(1 <= m.num_experts_per_tok <= m.num_experts, "model.num_experts_per_tok",
+            f"must be in [1, num_experts={m.num_experts}], got {m.num_experts_per_tok}")
+    require(m.decoder_sparse_step >= 1, "model.decoder_sparse_step", "must be >= 1")
+    require(m.capacity_factor > 0, "model.capacity_factor", "must be > 0")
+  if m.layer_types:
+    require(len(m.layer_types) == m.num_layers, "model.layer_types",
+            f"has {len(m.layer_types)} entries for num_layers={m.num_layers}")
+    bad = [t for t in m.layer_types if t not in LAYER_TYPES]
+    require(not bad, "model.layer_types", f"unknown layer types {bad}; known: {LAYER_TYPES}")
+    require("sliding_attention" not in m.layer_types or m.sliding_window > 0, "model.sliding_window",
+            "sliding_attention layers need sliding_window > 0")
+  for key in ("attention", "gmm"):
+    from jaxtrain import kernels
+    require(config.kernels[key] in kernels.implementations(key), f"kernels.{key}",
+            f"{config.kernels[key]!r} is not one of {kernels.implementations(key)}")

@@ -1,0 +1,105 @@
+"""Logical axis names -> mesh axes: the one table params, optimizer state and activations
+take their shardings from. Model code names logical axes only."""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from typing import Any, Sequence
+
+import jax
+from jax.sharding import NamedSharding, PartitionSpec
+
+# Parameter axes and activation axes have separate names: the same feature dimension is
+# sharded over fsdp as a weight but replicated as an activation (whose batch takes fsdp).
+DEFAULT_RULES: dict[str, Any] = {
+    # parameters
+    "layers": None,
+    "vocab": "tensor",
+    "embed": "fsdp",
+    "heads": "tensor",
+    "kv_heads": "tensor",
+    "head_dim": None,
+    "mlp": "tensor",
+    "expert": "expert",
+    "moe_mlp": "tensor",
+    "router": None,
+    # activations
+    "act_batch": ("data", "fsdp", "expert"),
+    "act_seq": "sequence",
+    "act_embed": None,
+    "act_heads": "tensor",
+    "act_kv_heads": "tensor",
+    "act_mlp": "tensor",
+    "act_vocab": "tensor",
+    "act_tokens": ("data", "fsdp", "expert", "sequence"),
+}
+
+_rules: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("jaxtrain_rules", default=DEFAULT_RULES)
+
+
+@contextlib.contextmanager
+def axis_rules(rules: dict[str, Any]):
+  token = _rules.set({**DEFAULT_RULES, **rules})
+  try:
+    yield
+  finally:
+    _rules.reset(token)
+
+
+def current_rules() -> dict[str, Any]:
+  return _rules.get()
+
+
+def _mesh_axes(name: str | None, rules: dict[str, Any]) -> tuple[str, ...]:
+  if name is None:
+    return ()
+  if name not in rules:
+    raise KeyError(f"logical axis {name!r} has no rule; known: {sorted(rules)}")
+  target = rules[name]
+  if target is None:
+    return ()
+  return (target,) if isinstance(target, str) else tuple(target)
+
+
+def logical_to_spec(logical: Sequence[str | None], shape: Sequence[int] | None = None, mesh=None,
+                    rules: dict[str, Any] | None = None) -> PartitionSpec:
+  """Maps logical axes to a PartitionSpec. With `shape` and `mesh`, mesh axes of size 1 are
+  dropped and a dimension keeps only the mesh axes whose product divides it; a mesh axis is
+  used at most once."""
+  rules = current_rules() if rules is None else rules
+  used: set[str] = set()
+  spec = []
+  for i, name in enumerate(logical):
+    axes = [a for a in _mesh_axes(name, rules) if a not in used]
+    if mesh is not None:
+      axes = [a for a in axes if mesh.shape[a] > 1]
+      if shape is not None:
+        kept, size = [], 1
+        for a in axes:
+          if shape[i] % (size * mesh.shape[a]) == 0:
+            kept.append(a)
+            size *= mesh.shape[a]
+        axes = kept
+    used.update(axes)
+    spec.append(None if not axes else axes[0] if len(axes) == 1 else tuple(axes))
+  while spec and spec[-1] is None:
+    spec.pop()
+  return PartitionSpec(*spec)
+
+
+def _ambient_mesh():
+  mesh = jax.sharding.get_abstract_mesh()
+  return None if mesh is None or mesh.empty else mesh
+
+
+def constrain(x, logical: Sequence[str | None]):
+  """`with_sharding_constraint` by logical names under the ambient mesh; no-op without one."""
+  mesh = _ambient_mesh()
+  if mesh is None:
+    return x
+  return jax.lax.with_sharding_constraint(x, logical_to_spec(logical, x.shape, mesh))
+
+
+def named_sharding(mesh, logical: Sequence[str | None], shape: Sequence[int]) -> NamedSharding:
+  return NamedSharding(mesh, logical_to_spec(logical, shape, mesh))
