@@ -69,3 +69,10 @@ def validate(config: ConfigDict) -> None:
             f"mesh.sequence={mesh.sequence} does not divide model.num_heads={model.num_heads}")
     require(config.data.seq_len % mesh.sequence == 0, "mesh.sequence",
             f"mesh.sequence={mesh.sequence} does not divide data.seq_len={config.data.seq_len}")
+
+
+def mesh_context(mesh: Mesh):
+  """Makes `mesh` the ambient mesh (`jax.set_mesh` on new JAX, `use_mesh` before it)."""
+  if hasattr(jax, "set_mesh"):
+    return jax.set_mesh(mesh)
+  return jax.sharding.use_mesh(mesh)

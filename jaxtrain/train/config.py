@@ -21,7 +21,7 @@ def defaults() -> ConfigDict:
       "b2": 0.95,
       "eps": 1e-8,
       "clip_norm": 1.0,  # global-norm clipping; 0 disables
-      "loss_chunk_size": 1024,  # tokens per cross-entropy chunk (bounds [tokens, vocab] logits)
+      "loss_vocab_chunk": 8192,  # vocab columns per cross-entropy chunk (bounds the [tokens, vocab] logits)
       "log_every": 10,
       "progress": True,  # progress bar on the terminal
       "max_compile_seconds_warning": 600.0,
@@ -32,6 +32,7 @@ def eval_defaults() -> ConfigDict:
   return ConfigDict({
       "every": 0,  # 0 = only at the end
       "batches": 4,
+      "unigram_baseline": False,  # also report a unigram model's held-out loss (text data)
   })
 
 
@@ -66,7 +67,7 @@ def validate(config: ConfigDict) -> None:
   require(t.schedule in SCHEDULES, "train.schedule", f"{t.schedule!r} is not one of {SCHEDULES}")
   require(t.lr > 0, "train.lr", f"must be > 0, got {t.lr}")
   require(0 <= t.min_lr_ratio <= 1, "train.min_lr_ratio", f"must be in [0, 1], got {t.min_lr_ratio}")
-  require(t.loss_chunk_size >= 1, "train.loss_chunk_size", "must be >= 1")
+  require(t.loss_vocab_chunk >= 1, "train.loss_vocab_chunk", "must be >= 1")
   require(t.log_every >= 1, "train.log_every", "must be >= 1")
   require(config.checkpoint.every >= 0, "checkpoint.every", "must be >= 0")
   require(config.checkpoint.keep >= 1, "checkpoint.keep", "must be >= 1")

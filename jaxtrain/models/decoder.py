@@ -1,0 +1,184 @@
+"""The generic decoder-only transformer: embedding, scanned stages of decoder blocks, final
+norm and LM head. Family files choose the blocks through `ModelConfig`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx, struct
+from jax.ad_checkpoint import checkpoint_name
+
+from jaxtrain.models.attention import Attention
+from jaxtrain.models.config import LayerKind, ModelConfig
+from jaxtrain.models.layers import RMSNorm, cast, dtype_of, param
+from jaxtrain.models.mlp import MLP
+from jaxtrain.models.moe import MoE
+from jaxtrain.models.rope import rope_tables
+from jaxtrain.parallel.rules import constrain
+
+_REMAT = {
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "save_dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "save_attention_out": jax.checkpoint_policies.save_only_these_names("attention_out"),
+}
+
+
+@struct.dataclass
+class Output:
+  logits: Any  # [B, T, V] (None when only hidden states were asked for)
+  hidden: Any  # [B, T, E] after the final norm
+  aux: dict  # MoE statistics per MoE layer (layer order); empty for dense models
+  cache: Any = None
+
+
+class Block(nnx.Module):
+  """Pre-norm decoder layer: attention then a dense or MoE feed-forward network."""
+
+  def __init__(self, cfg: ModelConfig, kind: LayerKind, *, rngs: nnx.Rngs):
+    E, pd = cfg.hidden_size, cfg.param_dtype
+    self.is_moe = kind.moe
+    self.input_norm = RMSNorm(E, eps=cfg.rms_norm_eps, axis_name="embed", param_dtype=dtype_of(pd))
+    self.attn = Attention(cfg, sliding_window=kind.sliding_window, rngs=rngs)
+    self.post_attn_norm = RMSNorm(E, eps=cfg.rms_norm_eps, axis_name="embed", param_dtype=dtype_of(pd))
+    if kind.moe:
+      self.moe = MoE(cfg, rngs=rngs)
+    else:
+      self.mlp = MLP(E, cfg.intermediate_size, act=cfg.activation, std=cfg.initializer_range, param_dtype=pd,
+                     rngs=rngs)
+
+  def __call__(self, x, cos, sin, segment_ids, positions, cache):
+    h, cache = self.attn(self.input_norm(x), cos, sin, segment_ids, positions=positions, cache=cache)
+    x = x + checkpoint_name(h, "attention_out")
+    if self.is_moe:
+      y, aux = self.moe(self.post_attn_norm(x), segment_ids)
+    else:
+      y, aux = self.mlp(self.post_attn_norm(x)), {}
+    x = constrain(x + y, ("act_batch", "act_seq", "act_embed"))
+    return x, aux, cache
+
+
+def _stacked_block(cfg: ModelConfig, kind: LayerKind, repeats: int, rngs: nnx.Rngs) -> Block:
+  """`repeats` independently initialised blocks with parameters stacked on axis 0."""
+
+  @nnx.split_rngs(splits=repeats)
+  @nnx.vmap(in_axes=(0,), out_axes=0)
+  def make(rngs):
+    return Block(cfg, kind, rngs=rngs)
+
+  return make(rngs)
+
+
+class Stage(nnx.Module):
+  """`repeats` copies of a unit of layer kinds; parameters carry a leading layer axis and the
+  forward pass is one `lax.scan`, so compile time does not grow with depth."""
+
+  def __init__(self, cfg: ModelConfig, unit: tuple[LayerKind, ...], repeats: int, *, rngs: nnx.Rngs):
+    self.unit = unit
+    self.repeats = repeats
+    self.remat = cfg.remat
+    self.blocks = nnx.List([_stacked_block(cfg, kind, repeats, rngs) for kind in unit])
+
+  def __call__(self, x, cos, sin, segment_ids, positions, caches, cache_index):
+    graphdef, state = nnx.split(self.blocks)
+
+    def body(x, xs):
+      layer_state, layer_caches = xs
+      blocks = nnx.merge(graphdef, layer_state)
+      auxes, new_caches = [], []
+      for j, block in enumerate(blocks):
+        cache = None if layer_caches is None else {**layer_caches[j], "index": cache_index}
+        x, aux, cache = block(x, cos, sin, segment_ids, positions, cache)
+        auxes.append(aux)
+        new_caches.append(None if cache is None else {"k": cache["k"], "v": cache["v"]})
+      return x, (auxes, None if layer_caches is None else new_caches)
+
+    if self.remat != "none":
+      body = jax.checkpoint(body, policy=_REMAT[self.remat], prevent_cse=False)
+    x, (auxes, new_caches) = jax.lax.scan(body, x, (state, caches))
+    return x, auxes, new_caches
+
+
+class Decoder(nnx.Module):
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    V, E = cfg.vocab_size, cfg.hidden_size
+    pd = dtype_of(cfg.param_dtype)
+    self.cfg = cfg
+    self.embed = param(rngs, (V, E), ("vocab", "embed"), std=cfg.initializer_range, dtype=pd)
+    self.stages = nnx.List([Stage(cfg, unit, repeats, rngs=rngs) for unit, repeats in cfg.stages()])
+    self.final_norm = RMSNorm(E, eps=cfg.rms_norm_eps, axis_name="embed", param_dtype=pd)
+    if not cfg.tie_word_embeddings:
+      self.lm_head = param(rngs, (E, V), ("embed", "vocab"), std=cfg.initializer_range, dtype=pd)
+
+  # -- pieces the training loss uses directly ------------------------------------------------
+  def head_weight(self, dtype):
+    """The `[E, V]` output projection (the transposed embedding when tied)."""
+    w = self.embed[...].T if self.cfg.tie_word_embeddings else self.lm_head[...]
+    return cast(w, dtype)
+
+  def hidden_states(self, input_ids, *, segment_ids=None, positions=None, cache=None):
+    """Final-norm hidden states `[B, T, E]`, MoE aux statistics, and the updated cache."""
+    cfg = self.cfg
+    dtype = dtype_of(cfg.dtype)
+    B, T = input_ids.shape
+    if segment_ids is None:
+      segment_ids = jnp.ones((B, T), jnp.int32)
+    if positions is None:
+      start = 0 if cache is None else cache["index"]
+      positions = jnp.broadcast_to(start + jnp.arange(T, dtype=jnp.int32), (B, T))
+    x = jnp.take(cast(self.embed[...], dtype), input_ids, axis=0)
+    x = constrain(x, ("act_batch", "act_seq", "act_embed"))
+    cos, sin = rope_tables(positions, cfg)
+    stage_auxes, new_stage_caches = [], []
+    for s, stage in enumerate(self.stages):
+      caches = None if cache is None else cache["stages"][s]
+      x, auxes, new_caches = stage(x, cos, sin, segment_ids, positions, caches,
+                                   None if cache is None else cache["index"])
+      stage_auxes.append(auxes)
+      new_stage_caches.append(new_caches)
+    h = self.final_norm(x)
+    new_cache = None if cache is None else {"index": cache["index"] + T, "stages": new_stage_caches}
+    return h, self._collect_aux(stage_auxes), new_cache
+
+  def logits(self, h):
+    logits = h @ self.head_weight(h.dtype)
+    return constrain(logits, ("act_batch", "act_seq", "act_vocab"))
+
+  def __call__(self, input_ids, *, segment_ids=None, positions=None, cache=None) -> Output:
+    h, aux, cache = self.hidden_states(input_ids, segment_ids=segment_ids, positions=positions, cache=cache)
+    return Output(logits=self.logits(h), hidden=h, aux=aux, cache=cache)
+
+  # -- bookkeeping ---------------------------------------------------------------------------
+  def moe_layers(self) -> tuple[int, ...]:
+    return tuple(i for i in range(self.cfg.num_layers) if self.cfg.is_moe_layer(i))
+
+  def _collect_aux(self, stage_auxes) -> dict:
+    """Per-stage, per-slot scan outputs `[repeats, ...]` -> arrays `[num_moe_layers, ...]` in
+    layer order."""
+    pieces, order = [], []
+    start = 0
+    for s, (unit, repeats) in enumerate(self.cfg.stages()):
+      for j, kind in enumerate(unit):
+        if kind.moe:
+          pieces.append(stage_auxes[s][j])
+          order.extend(start + r * len(unit) + j for r in range(repeats))
+      start += len(unit) * repeats
+    if not pieces:
+      return {}
+    stacked = jax.tree.map(lambda *xs: jnp.concatenate(xs, axis=0), *pieces)
+    perm = sorted(range(len(order)), key=order.__getitem__)
+    if perm != list(range(len(order))):
+      stacked = jax.tree.map(lambda a: a[jnp.asarray(perm)], stacked)
+    return stacked
+
+  def init_cache(self, batch: int, max_len: int, dtype=None) -> dict:
+    cfg = self.cfg
+    dtype = dtype_of(cfg.dtype) if dtype is None else dtype
+    shape = (batch, max_len, cfg.num_kv_heads, cfg.resolved_head_dim)
+    stages = []
+    for unit, repeats in cfg.stages():
+      stages.append([{"k": jnp.zeros((repeats,) + shape, dtype), "v": jnp.zeros((repeats,) + shape, dtype)}
+                     for _ in unit])
+    return {"index": jnp.zeros((), jnp.int32), "stages": stages}

@@ -1,0 +1,71 @@
+"""Small building blocks: parameters with logical axes, RMSNorm, activations, dtypes."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+def dtype_of(name: str):
+  return DTYPES[name]
+
+
+def param(rngs: nnx.Rngs | None, shape: Sequence[int], axes: Sequence[str | None], *, init: str = "normal",
+          std: float = 0.02, dtype=jnp.float32) -> nnx.Param:
+  """A parameter annotated with logical axis names (metadata `logical_axes`). Layers
+  stacked by the decoder gain a leading 'layers' axis; see `param_logical_axes`."""
+  shape = tuple(int(s) for s in shape)
+  if len(axes) != len(shape):
+    raise ValueError(f"logical axes {axes} do not match shape {shape}")
+  if init == "normal":
+    value = std * jax.random.normal(rngs.params(), shape, dtype)
+  elif init == "ones":
+    value = jnp.ones(shape, dtype)
+  elif init == "zeros":
+    value = jnp.zeros(shape, dtype)
+  else:
+    raise ValueError(f"unknown init {init!r}")
+  return nnx.Param(value, logical_axes=tuple(axes))
+
+
+def param_logical_axes(variable) -> tuple[str | None, ...]:
+  """Logical axes of a parameter, including the 'layers' axis the scan stacking added."""
+  axes = tuple(variable.get_metadata().get("logical_axes", ()))
+  ndim = len(variable.get_value().shape)
+  if len(axes) == ndim - 1:
+    axes = ("layers",) + axes
+  if len(axes) != ndim:
+    raise ValueError(f"parameter of shape {variable.get_value().shape} has logical axes {axes}")
+  return axes
+
+
+def cast(x, dtype):
+  return x if x.dtype == dtype else x.astype(dtype)
+
+
+class RMSNorm(nnx.Module):
+  """y = w * x / rms(x), normalised in fp32 then cast back (as Hugging Face does)."""
+
+  def __init__(self, dim: int, *, eps: float, axis_name: str, param_dtype=jnp.float32):
+    self.scale = param(None, (dim,), (axis_name,), init="ones", dtype=param_dtype)
+    self.eps = eps
+
+  def __call__(self, x):
+    dtype = x.dtype
+    xf = x.astype(jnp.float32)
+    xf = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + self.eps)
+    return self.scale[...].astype(dtype) * xf.astype(dtype)
+
+
+def activation(name: str):
+  return {
+      "silu": jax.nn.silu,
+      "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+      "gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+      "relu": jax.nn.relu,
+  }[name]

@@ -1,0 +1,94 @@
+"""Orbax checkpoints of a run: train state, data-iterator state and the resolved config.
+
+Layout: `<workdir>/checkpoints/<step>/{state, data, config}`. Orbax writes each save into a
+temporary directory and renames it on commit, so an interrupted save is never listed as a
+checkpoint; `latest_step` only sees committed ones.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+log = logging.getLogger("jaxtrain.checkpoint")
+
+
+def checkpoint_dir(workdir: str) -> str:
+  return os.path.abspath(os.path.join(workdir, "checkpoints"))
+
+
+def resolve_checkpoint_dir(path: str) -> str:
+  """Accepts a workdir, its checkpoints/ directory, or one step directory; returns the
+  directory holding step subdirectories."""
+  path = os.path.abspath(path)
+  if os.path.isdir(os.path.join(path, "checkpoints")):
+    return os.path.join(path, "checkpoints")
+  if os.path.isdir(os.path.join(path, "state")) and os.path.basename(path).isdigit():
+    return os.path.dirname(path)
+  return path
+
+
+class Checkpointer:
+  """Thin wrapper over `ocp.CheckpointManager` with the run's retention policy."""
+
+  def __init__(self, directory: str, *, keep: int = 3, keep_every: int = 0, async_save: bool = True,
+               read_only: bool = False):
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=keep,
+        keep_period=keep_every or None,
+        enable_async_checkpointing=async_save,
+        create=not read_only,
+        read_only=read_only,
+    )
+    self.directory = directory
+    self.manager = ocp.CheckpointManager(directory, options=options,
+                                         item_names=("state", "data", "config"))
+
+  def latest_step(self) -> int | None:
+    return self.manager.latest_step()
+
+  def all_steps(self) -> list[int]:
+    return list(self.manager.all_steps())
+
+  def save(self, step: int, state: Any, *, data_state: Any = None, config_json: str = "{}",
+           force: bool = False) -> bool:
+    args = ocp.args.Composite(
+        state=ocp.args.StandardSave(state),
+        data=ocp.args.JsonSave({"iterator": data_state}),
+        config=ocp.args.JsonSave(json.loads(config_json)),
+    )
+    return self.manager.save(step, args=args, force=force)
+
+  def restore(self, step: int | None, abstract_state: Any) -> tuple[Any, Any, dict]:
+    """Restores into `abstract_state`'s structure and shardings (any mesh)."""
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"no complete checkpoint under {self.directory}")
+    restored = self.manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state),
+        data=ocp.args.JsonRestore(),
+        config=ocp.args.JsonRestore(),
+    ))
+    return restored["state"], restored["data"]["iterator"], restored["config"]
+
+  def restore_config(self, step: int | None = None) -> dict:
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"no complete checkpoint under {self.directory}")
+    return self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]
+
+  def wait(self) -> None:
+    self.manager.wait_until_finished()
+
+  def close(self) -> None:
+    self.manager.wait_until_finished()
+    self.manager.close()
+
+
+def abstract_with_shardings(tree: Any, shardings: Any) -> Any:
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)

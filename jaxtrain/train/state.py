@@ -1,0 +1,67 @@
+"""Training state, its shardings, and parameters born sharded."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx, struct
+from jax.sharding import NamedSharding, PartitionSpec
+
+from jaxtrain.models.config import ModelConfig
+from jaxtrain.models.decoder import Decoder
+from jaxtrain.models.layers import param_logical_axes
+from jaxtrain.parallel.rules import logical_to_spec
+
+
+@struct.dataclass
+class TrainState:
+  step: Any  # int32 scalar
+  params: Any  # nnx.State of nnx.Param (fp32 masters)
+  opt_state: Any
+  rng: Any  # uint32 key data, for anything stochastic (kept so resume is exact)
+
+
+def abstract_model(cfg: ModelConfig, seed: int = 0):
+  """(graphdef, abstract params, abstract other state) without allocating anything."""
+  model = nnx.eval_shape(lambda: Decoder(cfg, rngs=nnx.Rngs(seed)))
+  return nnx.split(model, nnx.Param, ...)
+
+
+def param_shardings(abstract_params, mesh):
+  """NamedSharding per parameter from its logical axes and the rules table."""
+  def spec(variable):
+    shape = variable.get_value().shape
+    return variable.replace(NamedSharding(mesh, logical_to_spec(param_logical_axes(variable), shape, mesh)))
+
+  return jax.tree.map(spec, abstract_params, is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
+def state_shardings(tx: optax.GradientTransformation, abstract_params, params_sharding, mesh) -> TrainState:
+  replicated = NamedSharding(mesh, PartitionSpec())
+  abstract_opt = jax.eval_shape(tx.init, abstract_params)
+  opt_sharding = optax.tree_map_params(tx, lambda _, s: s, abstract_opt, params_sharding,
+                                       transform_non_params=lambda _: replicated)
+  return TrainState(step=replicated, params=params_sharding, opt_state=opt_sharding, rng=replicated)
+
+
+def init_params(cfg: ModelConfig, seed: int, shardings):
+  """Random parameters created directly in their target shardings (never whole on one device)."""
+  def init():
+    return nnx.state(Decoder(cfg, rngs=nnx.Rngs(seed)), nnx.Param)
+
+  return jax.jit(init, out_shardings=shardings)()
+
+
+def init_state(params, tx: optax.GradientTransformation, shardings: TrainState, seed: int) -> TrainState:
+  def make(params):
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                      rng=jax.random.key_data(jax.random.key(seed)))
+
+  return jax.jit(make, out_shardings=shardings)(params)
+
+
+def count_params(params) -> int:
+  return sum(int(x.size) for x in jax.tree.leaves(params))

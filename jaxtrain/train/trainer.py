@@ -1,0 +1,253 @@
+"""`Trainer`: the programmatic entry point that runs a config end to end.
+
+config -> mesh -> abstract model -> params born sharded (random, HF directory, or jaxtrain
+checkpoint) -> optimizer state -> data iterators -> loop (train step, metrics, periodic
+checkpoints, evaluation) -> final checkpoint, held-out loss and a generated sample. Re-running
+on a workdir that holds a checkpoint resumes from it, data-iterator position included.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import NamedSharding
+from ml_collections import ConfigDict
+
+from jaxtrain import config as config_lib
+from jaxtrain import data as data_lib
+from jaxtrain.generate.sampler import generate, truncate_at_eos
+from jaxtrain.models.config import ModelConfig
+from jaxtrain.parallel.mesh import make_mesh, mesh_context
+from jaxtrain.parallel.rules import logical_to_spec
+from jaxtrain.train import state as state_lib
+from jaxtrain.train.checkpoint import Checkpointer, abstract_with_shardings, checkpoint_dir
+from jaxtrain.train.metrics import MetricsWriter
+from jaxtrain.train.optimizer import make_optimizer, schedule
+from jaxtrain.train.progress import Progress
+from jaxtrain.train.step import BATCH_KEYS, make_eval_step, make_train_step
+
+log = logging.getLogger("jaxtrain")
+
+
+class Preempted(Exception):
+  """Raised inside the loop when SIGTERM/SIGINT arrived; the run saved a checkpoint."""
+
+
+class Trainer:
+  """Runs one training config. `Trainer(config).fit()` returns a summary dict."""
+
+  def __init__(self, config: ConfigDict | str, overrides: list[str] | tuple[str, ...] = ()):
+    if isinstance(config, str):
+      config = config_lib.load_config(config, overrides)
+    elif overrides:
+      config = config_lib.load_config(base=config, overrides=overrides)
+    self.config = config
+    self.workdir = config.workdir
+    self.model_cfg = ModelConfig.from_config(config.model, config.kernels)
+    self.is_main = jax.process_index() == 0
+    self.stop_signal: int | None = None
+    # Mesh errors surface here, before anything is compiled or loaded.
+    self.mesh = make_mesh(config.mesh)
+
+  # -- setup ---------------------------------------------------------------------------------
+  def _build(self):
+    cfg, mc = self.config, self.model_cfg
+    self.tokenizer = data_lib.build_tokenizer(cfg.data)
+    if self.tokenizer.vocab_size > mc.vocab_size:
+      raise config_lib.ConfigError(
+          f"config model.vocab_size={mc.vocab_size} is smaller than the tokenizer's vocabulary "
+          f"({self.tokenizer.vocab_size} tokens, {cfg.data.tokenizer})")
+    self.tx = make_optimizer(cfg.train)
+    self.lr_schedule = schedule(cfg.train)
+    self.graphdef, abstract_params, _ = state_lib.abstract_model(mc, cfg.seed)
+    self.abstract_params = abstract_params
+    self.params_sharding = state_lib.param_shardings(abstract_params, self.mesh)
+    self.state_sharding = state_lib.state_shardings(self.tx, abstract_params, self.params_sharding, self.mesh)
+    B, T = cfg.train.global_batch, cfg.data.seq_len
+    spec = logical_to_spec(("act_batch", "act_seq"), (B, T), self.mesh)
+    self.batch_sharding = {k: NamedSharding(self.mesh, spec) for k in BATCH_KEYS}
+    self.checkpointer = Checkpointer(checkpoint_dir(self.workdir), keep=cfg.checkpoint.keep,
+                                     keep_every=cfg.checkpoint.keep_every, async_save=cfg.checkpoint.async_save)
+
+  def _initial_params(self):
+    path = self.config.model.init_from
+    if not path:
+      return state_lib.init_params(self.model_cfg, self.config.seed, self.params_sharding)
+    from jaxtrain.converters import load_params
+    log.info("initialising parameters from %s", path)
+    return load_params(path, self.model_cfg, self.params_sharding)
+
+  def _restore_or_init(self):
+    latest = self.checkpointer.latest_step()
+    if latest is not None:
+      log.info("resuming from %s step %d", self.checkpointer.directory, latest)
+      abstract = abstract_with_shardings(
+          jax.eval_shape(lambda: state_lib.init_state(self.abstract_params, self.tx, self.state_sharding,
+                                                      self.config.seed)),
+          self.state_sharding)
+      state, data_state, _ = self.checkpointer.restore(latest, abstract)
+      return state, data_state
+    params = self._initial_params()
+    return state_lib.init_state(params, self.tx, self.state_sharding, self.config.seed), None
+
+  def _device_batch(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+    return {k: jax.make_array_from_process_local_data(self.batch_sharding[k], np.asarray(batch[k], np.int32))
+            for k in BATCH_KEYS}
+
+  # -- signals -------------------------------------------------------------------------------
+  def _install_signal_handlers(self):
+    def handler(signum, _frame):
+      if self.stop_signal is None:
+        log.warning("received %s: finishing the current step, then checkpointing and exiting",
+                    signal.Signals(signum).name)
+      self.stop_signal = signum
+
+    previous = {}
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      try:
+        previous[sig] = signal.signal(sig, handler)
+      except ValueError:  # not the main thread
+        pass
+    return previous
+
+  # -- the run -------------------------------------------------------------------------------
+  def fit(self) -> dict[str, Any]:
+    cfg = self.config
+    os.makedirs(self.workdir, exist_ok=True)
+    previous_handlers = self._install_signal_handlers()
+    try:
+      with mesh_context(self.mesh):
+        return self._fit(cfg)
+    finally:
+      for sig, h in previous_handlers.items():
+        signal.signal(sig, h)
+      if hasattr(self, "checkpointer"):
+        self.checkpointer.close()
+
+  def _fit(self, cfg) -> dict[str, Any]:
+    self._build()
+    if self.is_main:
+      with open(os.path.join(self.workdir, "config.json"), "w") as f:
+        f.write(config_lib.to_json(cfg))
+    state, data_state = self._restore_or_init()
+    start = int(state.step)
+    n_params = state_lib.count_params(state.params)
+    log.info("model: %s, %.2fM parameters, mesh %s", self.model_cfg.arch, n_params / 1e6, dict(self.mesh.shape))
+
+    train_iter = data_lib.build_pipeline(cfg, split="train", tokenizer=self.tokenizer,
+                                         process_index=jax.process_index(), process_count=jax.process_count())
+    if data_state is not None:
+      train_iter.set_state(data_state)
+    metrics_writer = MetricsWriter(self.workdir, enabled=self.is_main, resume_step=start if start else None)
+
+    train_step = jax.jit(make_train_step(self.graphdef, self.model_cfg, cfg.train, self.tx, self.lr_schedule),
+                         in_shardings=(self.state_sharding, self.batch_sharding),
+                         out_shardings=(self.state_sharding, None), donate_argnums=(0,))
+    total = cfg.train.steps
+    tokens_per_step = cfg.train.global_batch * cfg.data.seq_len
+    summary: dict[str, Any] = {"start_step": start, "params": n_params}
+    compiled = None
+    last_record: dict[str, Any] = {}
+    progress = Progress(total, start, enabled=cfg.train.progress and self.is_main)
+    interval_start, interval_steps = time.perf_counter(), 0
+    step = start
+    try:
+      while step < total:
+        batch = self._device_batch(next(train_iter))
+        if compiled is None:
+          t0 = time.perf_counter()
+          compiled = train_step.lower(state, batch).compile()
+          summary["compile_seconds"] = time.perf_counter() - t0
+          log.info("compiled the train step in %.1fs", summary["compile_seconds"])
+          interval_start = time.perf_counter()
+        state, metrics = compiled(state, batch)
+        step += 1
+        interval_steps += 1
+        if step % cfg.train.log_every == 0 or step == total:
+          metrics = jax.device_get(metrics)
+          elapsed = time.perf_counter() - interval_start
+          metrics["tokens_per_sec"] = tokens_per_step * interval_steps / max(elapsed, 1e-9)
+          metrics["step_time"] = elapsed / interval_steps
+          last_record = metrics_writer.write(step, metrics)
+          progress.update(step, last_record)
+          interval_start, interval_steps = time.perf_counter(), 0
+        else:
+          progress.update(step)
+        if cfg.checkpoint.enabled and cfg.checkpoint.every and step % cfg.checkpoint.every == 0 and step < total:
+          self._save(step, state, train_iter)
+        if cfg.eval.every and step % cfg.eval.every == 0 and step < total:
+          eval_loss = self.evaluate(state.params)
+          metrics_writer.write(step, {"eval_loss": eval_loss})
+          progress.note(f"step {step}: held-out loss {eval_loss:.4f}")
+        if self.stop_signal is not None:
+          self._save(step, state, train_iter, force=True)
+          self.checkpointer.wait()
+          raise Preempted(step)
+    finally:
+      progress.close()
+
+    summary.update(steps=step, train_loss=last_record.get("loss"),
+                   tokens_per_sec=last_record.get("tokens_per_sec"))
+    if cfg.checkpoint.enabled and step > start:
+      self._save(step, state, train_iter, force=True)
+    stats = train_iter.stats() if hasattr(train_iter, "stats") else {}
+    if stats:
+      summary["data"] = stats
+    summary["eval_loss"] = self.evaluate(state.params)
+    metrics_writer.write(step, {"eval_loss": summary["eval_loss"]})
+    if cfg.eval.unigram_baseline:
+      summary["unigram_loss"] = data_lib.unigram_loss(cfg, self.tokenizer)
+    if cfg.sample.enabled:
+      summary["sample"] = self.sample(state.params)
+    self.checkpointer.wait()
+    self.state = state
+    return summary
+
+  def _save(self, step, state, train_iter, force=False):
+    self.checkpointer.save(step, state, data_state=train_iter.get_state(), config_json=config_lib.to_json(self.config),
+                           force=force)
+
+  # -- evaluation and sampling ---------------------------------------------------------------
+  def evaluate(self, params) -> float:
+    cfg = self.config
+    if not hasattr(self, "_eval_step"):
+      self._eval_step = jax.jit(make_eval_step(self.graphdef, cfg.train),
+                                in_shardings=(self.params_sharding, self.batch_sharding))
+    it = data_lib.build_pipeline(cfg, split="eval", tokenizer=self.tokenizer, process_index=jax.process_index(),
+                                 process_count=jax.process_count())
+    loss_sum, count = 0.0, 0.0
+    for _ in range(cfg.eval.batches):
+      try:
+        batch = next(it)
+      except StopIteration:
+        break
+      s, c = self._eval_step(params, self._device_batch(batch))
+      loss_sum, count = loss_sum + float(s), count + float(c)
+    return loss_sum / max(count, 1.0)
+
+  def sample(self, params) -> str:
+    cfg = self.config.sample
+    model = nnx.merge(self.graphdef, params)
+    prompt = self.tokenizer.encode(cfg.prompt)
+    if self.tokenizer.bos_id is not None:
+      prompt = [self.tokenizer.bos_id] + prompt
+    out = generate(model, np.asarray([prompt]), max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                   top_k=cfg.top_k, seed=self.config.seed)
+    new = truncate_at_eos(np.asarray(out[0, len(prompt):]).tolist(), self.tokenizer.eos_id)
+    return cfg.prompt + self.tokenizer.decode(new)
+
+
+def exit_code_for(signum: int) -> int:
+  return 128 + int(signum)
+
+
+__all__ = ["Trainer", "Preempted", "exit_code_for"]

@@ -1,0 +1,135 @@
+"""Where and how our Pallas kernels run: interpret mode, the GPU compiler backend, and
+per-shape block sizes.
+
+- Interpret mode runs a kernel as plain XLA on any backend (how the CPU tests exercise the
+  kernels). It is on when `JAXTRAIN_PALLAS_INTERPRET=1` or inside `interpret_mode()`;
+  `interpret_mode(False)` forces compiled kernels even when the variable is set.
+- On GPU the kernels are written for the Triton backend of Pallas (pointer-style loads at
+  dynamic offsets, power-of-two tiles) and select it explicitly through
+  `jax.experimental.pallas.triton.CompilerParams`: from JAX 0.10 a `pallas_call` without
+  compiler params goes to Mosaic GPU, which these kernels are not written for.
+- Block sizes: each kernel has a default chooser (shape -> block sizes); `set_block_sizes`
+  installs a per-shape table or function for an op, and `block_sizes(op, value)` overrides it
+  within a `with` block (benchmarks and tests use it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import os
+from typing import Any, Callable
+
+import jax
+
+_INTERPRET: contextvars.ContextVar[bool | None] = contextvars.ContextVar("jaxtrain_pallas_interpret",
+                                                                         default=None)
+_OVERRIDES: contextvars.ContextVar[dict] = contextvars.ContextVar("jaxtrain_pallas_blocks", default={})
+_TUNERS: dict[str, Callable[..., Any]] = {}
+
+
+def interpret() -> bool:
+  """Whether Pallas kernels run in interpret mode (context manager first, then the env var)."""
+  forced = _INTERPRET.get()
+  if forced is not None:
+    return forced
+  return os.environ.get("JAXTRAIN_PALLAS_INTERPRET", "0").strip().lower() in ("1", "true", "yes", "on")
+
+
+@contextlib.contextmanager
+def interpret_mode(enabled: bool = True):
+  """Run `impl="pallas"` kernels in interpret mode (True) or compiled (False) inside the block.
+  The choice is read when a kernel is traced, so wrap the first call of a jitted function."""
+  token = _INTERPRET.set(bool(enabled))
+  try:
+    yield
+  finally:
+    _INTERPRET.reset(token)
+
+
+def _triton_module():
+  try:
+    from jax.experimental.pallas import triton as plt  # JAX >= 0.4.36 (deprecated in 0.11, still present)
+    return plt
+  except ImportError:
+    pass
+  try:
+    from jax.experimental.pallas import gpu as plt  # older releases: TritonCompilerParams lives here
+    return plt
+  except ImportError:
+    return None
+
+
+def triton_compiler_params(num_warps: int | None = None, num_stages: int | None = None):
+  """Compiler params that select the Triton backend, or None where this JAX has none."""
+  plt = _triton_module()
+  cls = getattr(plt, "CompilerParams", None) or getattr(plt, "TritonCompilerParams", None)
+  if cls is None:
+    return None
+  return cls(num_warps=num_warps, num_stages=num_stages)
+
+
+def pallas_call_kwargs(num_warps: int | None = None, num_stages: int | None = None, *,
+                       interpret: bool | None = None) -> dict:
+  """The backend-selecting keyword arguments for `pl.pallas_call` (`interpret`: as captured
+  when the forward pass was traced, so the backward pass runs the same way)."""
+  if globals()["interpret"]() if interpret is None else interpret:
+    return {"interpret": True}
+  params = triton_compiler_params(num_warps, num_stages)
+  return {"compiler_params": params} if params is not None else {}
+
+
+def can_run() -> bool:
+  """True where our Pallas kernels can run: interpret mode anywhere, compiled on a GPU whose
+  JAX has the Triton backend. TPU and plugin backends (NPU) fall back to the reference."""
+  if interpret():
+    return True
+  return jax.default_backend() == "gpu" and triton_compiler_params() is not None
+
+
+# ----------------------------------------------------------------------------- block sizes
+
+def set_block_sizes(op: str, chooser: Callable[..., Any] | dict | None) -> None:
+  """Installs a tuned choice for `op`: a function `(**shape) -> blocks or None` or a dict
+  `{shape_key: blocks}` (see each kernel's `shape_key`); None removes it. Anything it does not
+  cover uses the kernel's default chooser."""
+  if chooser is None:
+    _TUNERS.pop(op, None)
+  else:
+    _TUNERS[op] = chooser
+
+
+@contextlib.contextmanager
+def block_sizes(op: str, value):
+  """Forces block sizes for `op` inside the block (value: the kernel's block-size dataclass)."""
+  token = _OVERRIDES.set({**_OVERRIDES.get(), op: value})
+  try:
+    yield
+  finally:
+    _OVERRIDES.reset(token)
+
+
+def choose(op: str, default: Callable[..., Any], key: tuple, **shape):
+  """Block sizes for one call: an override, else the installed tuning, else `default(**shape)`."""
+  forced = _OVERRIDES.get().get(op)
+  if forced is not None:
+    return forced
+  tuner = _TUNERS.get(op)
+  if isinstance(tuner, dict) and key in tuner:
+    return tuner[key]
+  if callable(tuner):
+    picked = tuner(**shape)
+    if picked is not None:
+      return picked
+  return default(**shape)
+
+
+def next_pow2(x: int, minimum: int = 16) -> int:
+  p = minimum
+  while p < x:
+    p *= 2
+  return p
+
+
+def round_up(x: int, multiple: int) -> int:
+  return -(-x // multiple) * multiple
