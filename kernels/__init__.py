@@ -1,11 +1,19 @@
 """Heavy ops behind one `impl` switch each: "xla" (pure-JAX reference, always available),
-faster implementations where they exist, and "auto" (the measured best for the platform)."""
+faster implementations where they exist, and "auto" (the measured best for the platform).
+
+Pallas kernels run compiled on GPU and in interpret mode anywhere when asked:
+`with jaxtrain.kernels.interpret_mode(): ...` or JAXTRAIN_PALLAS_INTERPRET=1. The kernels
+themselves live in the modules `flash_attention`, `gmm_pallas` and `cudnn_attention` (their
+functions are not re-exported here, so those names stay the modules)."""
 
 from jaxtrain.kernels.attention import attention, attention_reference
 from jaxtrain.kernels.dispatch import implementations, resolve
+from jaxtrain.kernels.flash_attention import FlashBlocks
 from jaxtrain.kernels.gmm import gmm, gmm_blocked, gmm_reference, tgmm, tgmm_reference
+from jaxtrain.kernels.gmm_pallas import GmmTiling
+from jaxtrain.kernels.pallas_backend import block_sizes, interpret_mode, set_block_sizes
 
 __all__ = [
     "attention", "attention_reference", "gmm", "gmm_blocked", "gmm_reference", "tgmm", "tgmm_reference",
-    "implementations", "resolve",
+    "implementations", "resolve", "FlashBlocks", "GmmTiling", "interpret_mode", "block_sizes", "set_block_sizes",
 ]

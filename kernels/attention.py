@@ -8,6 +8,17 @@ Contract shared by every implementation:
   is not after the query's (causal), and, with a sliding window w, q_pos - kv_pos < w.
 - Rows that may attend to nothing (padding, segment 0) produce zeros.
 - `sinks` `[H]`: a learned per-head logit that joins the softmax denominator only.
+
+Implementations (`impl`):
+- "xla": `attention_reference` below; always available, O(T * S) memory.
+- "pallas": `flash_attention.flash_attention`, blockwise with O(T) memory; compiled on GPU
+  (Triton backend), interpret mode anywhere (`pallas_backend.interpret_mode()` or
+  JAXTRAIN_PALLAS_INTERPRET=1), else the reference. Calls with explicit positions or S != T
+  (decoding) use the reference.
+- "cudnn": `jax.nn.dot_product_attention(implementation="cudnn")` on CUDA GPUs; features it
+  lacks (sinks, explicit positions, fp32, ...) use the reference.
+- "auto": "pallas" on GPU (the only one of the three that covers every feature with O(T)
+  memory; pending measured numbers from experiments/bench_kernels.py), "xla" elsewhere.
 """
 
 from __future__ import annotations
@@ -16,6 +27,8 @@ import jax
 import jax.numpy as jnp
 
 from jaxtrain.kernels import dispatch
+from jaxtrain.kernels.cudnn_attention import cudnn_attention
+from jaxtrain.kernels.flash_attention import flash_attention
 
 _MASKED = -1e30  # finite, so fully masked rows never create NaNs in the backward pass
 
@@ -73,6 +86,9 @@ def attention_reference(q, k, v, *, q_segment_ids=None, kv_segment_ids=None, q_p
 
 
 dispatch.register("attention", "xla", attention_reference, reference=True)
+dispatch.register("attention", "pallas", flash_attention)
+dispatch.register("attention", "cudnn", cudnn_attention)
+dispatch.set_auto("attention", "gpu", "pallas")
 
 
 def attention(q, k, v, *, q_segment_ids=None, kv_segment_ids=None, q_positions=None, kv_positions=None,

@@ -40,7 +40,6 @@ from jax import lax
 from jax.experimental import pallas as pl
 
 from jaxtrain.kernels import pallas_backend as pb
-from jaxtrain.kernels.attention import attention_reference
 
 log = logging.getLogger("jaxtrain.kernels")
 _MASKED = -1e30
@@ -61,14 +60,17 @@ class FlashBlocks:
 
 
 def default_blocks(*, seq_len, head_dim, v_head_dim, dtype, causal, sliding_window):
+  """GPU defaults in the range Triton flash-attention kernels use on Hopper; tune per shape with
+  `pallas_backend.set_block_sizes("attention", ...)` from experiments/bench_kernels.py runs."""
   del causal, sliding_window
   cap = pb.next_pow2(seq_len)
-  big = max(head_dim, v_head_dim) > 128 or jnp.dtype(dtype).itemsize >= 4  # keep registers in bounds
-  bq = min(64 if big else 128, cap)
-  bk = min(32 if big else 64, cap)
-  bb = min(32 if big else 64, cap)
-  return FlashBlocks(block_q=bq, block_k=bk, block_q_bwd=bb, block_k_bwd=bb,
-                     num_warps=8 if bq >= 128 else 4, num_stages=2, num_warps_bwd=4, num_stages_bwd=2)
+  d = pb.next_pow2(max(head_dim, v_head_dim))
+  wide = jnp.dtype(dtype).itemsize >= 4  # fp32 tiles take twice the shared memory
+  bq, bk = (128, 64) if d <= 128 and not wide else (64, 32)
+  bb = 64 if d <= 64 and not wide else 32  # backward keeps two fp32 [block, D] accumulators
+  return FlashBlocks(block_q=min(bq, cap), block_k=min(bk, cap), block_q_bwd=min(bb, cap),
+                     block_k_bwd=min(bb, cap), num_warps=4 if d <= 64 else 8, num_stages=2,
+                     num_warps_bwd=4, num_stages_bwd=2)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -333,6 +335,7 @@ _flash.defvjp(_flash_fwd, _flash_bwd)
 # ----------------------------------------------------------------------------- entry point
 
 def _fallback(reason: str, **kwargs):
+  from jaxtrain.kernels.attention import attention_reference  # attention.py imports this module
   if reason not in _warned:
     _warned.add(reason)
     log.warning("pallas flash attention: %s; using the XLA reference for such calls", reason)

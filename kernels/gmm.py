@@ -11,6 +11,11 @@ Implementations:
 - "blocked": pure JAX; each group's rows are padded to a multiple of `block_rows` and every block
   is multiplied by its group's matrix in one batched matmul. Costs only the active FLOPs plus
   padding, on any backend; the fastest choice on CPU.
+- "pallas": `gmm_pallas.gmm_pallas` / `tgmm_pallas` (custom_vjp pair); compiled on GPU (Triton
+  backend), interpret mode anywhere (`pallas_backend.interpret_mode()` or
+  JAXTRAIN_PALLAS_INTERPRET=1), else the reference with one log line.
+- "auto": "blocked" on CPU, "pallas" on GPU (pending measured numbers from
+  experiments/bench_kernels.py), the reference elsewhere.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxtrain.kernels import dispatch
+from jaxtrain.kernels.gmm_pallas import gmm_pallas, tgmm_pallas
 
 
 def _out_dtype(lhs, preferred_element_type):
@@ -99,8 +105,12 @@ dispatch.register("gmm", "xla", gmm_reference, reference=True)
 dispatch.register("gmm", "blocked", gmm_blocked)
 dispatch.register("tgmm", "xla", tgmm_reference, reference=True)
 dispatch.register("tgmm", "blocked", tgmm_blocked)
+dispatch.register("gmm", "pallas", gmm_pallas)
+dispatch.register("tgmm", "pallas", tgmm_pallas)
 dispatch.set_auto("gmm", "cpu", "blocked")
 dispatch.set_auto("tgmm", "cpu", "blocked")
+dispatch.set_auto("gmm", "gpu", "pallas")
+dispatch.set_auto("tgmm", "gpu", "pallas")
 
 
 def gmm(lhs, rhs, group_sizes, *, transpose_rhs=False, preferred_element_type=None, impl="auto"):

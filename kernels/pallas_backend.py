@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import os
+import warnings
 from typing import Any, Callable
 
 import jax
@@ -36,6 +37,9 @@ def interpret() -> bool:
   return os.environ.get("JAXTRAIN_PALLAS_INTERPRET", "0").strip().lower() in ("1", "true", "yes", "on")
 
 
+_interpret_now = interpret  # for functions whose `interpret` argument shadows the name
+
+
 @contextlib.contextmanager
 def interpret_mode(enabled: bool = True):
   """Run `impl="pallas"` kernels in interpret mode (True) or compiled (False) inside the block.
@@ -47,23 +51,25 @@ def interpret_mode(enabled: bool = True):
     _INTERPRET.reset(token)
 
 
-def _triton_module():
-  try:
-    from jax.experimental.pallas import triton as plt  # JAX >= 0.4.36 (deprecated in 0.11, still present)
-    return plt
-  except ImportError:
-    pass
-  try:
-    from jax.experimental.pallas import gpu as plt  # older releases: TritonCompilerParams lives here
-    return plt
-  except ImportError:
-    return None
-
-
 def triton_compiler_params(num_warps: int | None = None, num_stages: int | None = None):
-  """Compiler params that select the Triton backend, or None where this JAX has none."""
-  plt = _triton_module()
-  cls = getattr(plt, "CompilerParams", None) or getattr(plt, "TritonCompilerParams", None)
+  """Compiler params that select the Triton backend, or None where this JAX has none.
+
+  JAX >= 0.4.36 and 0.10/0.11: `jax.experimental.pallas.triton.CompilerParams` (the backend is
+  deprecated in 0.11 but present; its import may warn, which we silence: choosing it is
+  deliberate). Older releases: `jax.experimental.pallas.gpu.TritonCompilerParams` (only that
+  name there: in between, `pallas.gpu` meant other things)."""
+  cls = None
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore", DeprecationWarning)
+    try:
+      from jax.experimental.pallas import triton as plt
+      cls = getattr(plt, "CompilerParams", None)
+    except ImportError:
+      try:
+        from jax.experimental.pallas import gpu as plt_old
+        cls = getattr(plt_old, "TritonCompilerParams", None)
+      except ImportError:
+        pass
   if cls is None:
     return None
   return cls(num_warps=num_warps, num_stages=num_stages)
@@ -73,7 +79,7 @@ def pallas_call_kwargs(num_warps: int | None = None, num_stages: int | None = No
                        interpret: bool | None = None) -> dict:
   """The backend-selecting keyword arguments for `pl.pallas_call` (`interpret`: as captured
   when the forward pass was traced, so the backward pass runs the same way)."""
-  if globals()["interpret"]() if interpret is None else interpret:
+  if _interpret_now() if interpret is None else interpret:
     return {"interpret": True}
   params = triton_compiler_params(num_warps, num_stages)
   return {"compiler_params": params} if params is not None else {}

@@ -1,0 +1,100 @@
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+
+from jaxtrain.models.moe import load_balancing_loss, route
+from jaxtrain.parallel import expert
+from tests.helpers import tiny_moe
+
+N, E, X, I, K = 40, 8, 4, 6, 2
+
+
+def _problem(seed=0, skew=0.0):
+  rng = np.random.default_rng(seed)
+  x = rng.normal(size=(N, E)).astype(np.float32)
+  logits = rng.normal(size=(N, X)).astype(np.float32)
+  logits[:, 0] += skew
+  gate_up = rng.normal(size=(X, E, 2, I)).astype(np.float32) * 0.5
+  down = rng.normal(size=(X, I, E)).astype(np.float32) * 0.5
+  ids, weights, _ = route(jnp.asarray(logits), tiny_moe(num_experts=X, num_experts_per_tok=K))
+  return x, np.asarray(ids), np.asarray(weights), gate_up, down
+
+
+def _expert(x, gate_up, down, e):
+  h = np.einsum("e,eci->ci", x, gate_up[e])
+  return (h[0] / (1 + np.exp(-h[0])) * h[1]) @ down[e]
+
+
+def _naive(x, ids, weights, gate_up, down, keep=None):
+  out = np.zeros_like(x)
+  for n in range(N):
+    for k in range(K):
+      if keep is None or keep[n, k]:
+        out[n] += weights[n, k] * _expert(x[n], gate_up, down, ids[n, k])
+  return out
+
+
+@pytest.mark.parametrize("impl", ["xla", "blocked"])
+def test_dropless_equals_naive_per_token_loop(impl):
+  x, ids, w, gate_up, down = _problem(skew=2.0)
+  valid = np.ones(N, bool)
+  out, load, dropped = expert.dropless(jnp.asarray(x), jnp.asarray(ids), jnp.asarray(w), jnp.asarray(valid),
+                                       jnp.asarray(gate_up), jnp.asarray(down), act=jax.nn.silu, impl=impl)
+  np.testing.assert_allclose(np.asarray(out), _naive(x, ids, w, gate_up, down), rtol=1e-5, atol=1e-5)
+  np.testing.assert_array_equal(np.asarray(load), np.bincount(ids.ravel(), minlength=X))
+  assert int(dropped) == 0
+
+
+def test_padding_tokens_get_no_expert_compute_and_no_load():
+  x, ids, w, gate_up, down = _problem(seed=1)
+  valid = np.arange(N) < 30
+  out, load, _ = expert.dropless(jnp.asarray(x), jnp.asarray(ids), jnp.asarray(w), jnp.asarray(valid),
+                                 jnp.asarray(gate_up), jnp.asarray(down), act=jax.nn.silu, impl="blocked")
+  np.testing.assert_array_equal(np.asarray(out)[30:], 0)
+  np.testing.assert_array_equal(np.asarray(load), np.bincount(ids[:30].ravel(), minlength=X))
+
+
+@pytest.mark.parametrize("capacity_factor", [0.5, 1.0, 2.0])
+def test_capacity_drops_exactly_the_assignments_beyond_capacity(capacity_factor):
+  x, ids, w, gate_up, down = _problem(seed=2, skew=3.0)  # expert 0 overloaded
+  C = max(1, math.ceil(capacity_factor * N * K / X))
+  # Token order decides: walk the assignments token-major and fill each expert up to C.
+  keep, used = np.zeros((N, K), bool), np.zeros(X, int)
+  for n in range(N):
+    for k in range(K):
+      if used[ids[n, k]] < C:
+        keep[n, k], used[ids[n, k]] = True, used[ids[n, k]] + 1
+  out, load, dropped = expert.capacity(jnp.asarray(x), jnp.asarray(ids), jnp.asarray(w), jnp.ones(N, bool),
+                                       jnp.asarray(gate_up), jnp.asarray(down), act=jax.nn.silu,
+                                       capacity_factor=capacity_factor)
+  assert int(dropped) == int((~keep).sum())
+  np.testing.assert_allclose(np.asarray(out), _naive(x, ids, w, gate_up, down, keep), rtol=1e-5, atol=1e-5)
+  if capacity_factor == 2.0:
+    assert int(dropped) == 0 or used.max() == C
+
+
+def test_softmax_topk_router_matches_transformers():
+  from transformers import Qwen3MoeConfig
+  from transformers.models.qwen3_moe.modeling_qwen3_moe import Qwen3MoeTopKRouter
+  hf_cfg = Qwen3MoeConfig(hidden_size=E, num_experts=X, num_experts_per_tok=K, norm_topk_prob=True)
+  router = Qwen3MoeTopKRouter(hf_cfg)
+  torch.nn.init.normal_(router.weight)
+  h = torch.randn(N, E)
+  _, hf_w, hf_ids = router(h)
+  logits = h.numpy() @ router.weight.detach().numpy().T
+  ids, w, _ = route(jnp.asarray(logits), tiny_moe(num_experts=X, num_experts_per_tok=K))
+  np.testing.assert_array_equal(np.asarray(ids), hf_ids.numpy())
+  np.testing.assert_allclose(np.asarray(w), hf_w.detach().numpy(), rtol=1e-6)
+
+
+def test_load_balancing_loss_matches_transformers():
+  from transformers.models.qwen3_moe.modeling_qwen3_moe import load_balancing_loss_func
+  logits = np.random.default_rng(3).normal(size=(N, X)).astype(np.float32)
+  ids, _, probs = route(jnp.asarray(logits), tiny_moe(num_experts=X, num_experts_per_tok=K))
+  ours = load_balancing_loss(probs, ids, jnp.ones(N, bool), X)
+  theirs = load_balancing_loss_func((torch.tensor(logits),), X, K)
+  np.testing.assert_allclose(float(ours), float(theirs), rtol=1e-5)
