@@ -1,16 +1,56 @@
-"""The `data` config section (owned by the data pipeline)."""
+"""The `data` config section (owned by the data pipeline).
+
+`data.sources` is an open map: each entry is a user-named source validated against
+`source_defaults()`. A config file that gives `sources` replaces the default quickstart source;
+`--config.data.sources.NAME.KEY=V` overrides edit or add single entries.
+"""
 
 from __future__ import annotations
 
 from ml_collections import ConfigDict
 
+# Where documents come from.
+KINDS = ("python_stdlib", "text", "jsonl", "parquet", "arrow", "tokens")
+# How a record becomes tokens and a loss mask.
+FORMATS = ("text", "chat", "prompt_completion", "alpaca")
+HOLDOUTS = ("hash", "none", "all")
+TEXT_UNITS = ("file", "line")
+PACKINGS = ("first_fit", "best_fit", "none")
+OVERLONG = ("auto", "split", "truncate", "drop", "error")
+ON_BAD_RECORD = ("error", "skip")
+LOSS_ON = ("assistant", "last_assistant", "all")
+TOKEN_DTYPES = ("uint16", "int32", "uint32", "int64")
+
 
 def source_defaults() -> ConfigDict:
   return ConfigDict({
-      "kind": "python_stdlib",  # where documents come from
+      # python_stdlib: the *.py files of this Python's standard library, one document per
+      #   definition-level chunk (no network, no files to ship); text: plain text files/dirs;
+      #   jsonl: JSON lines (.jsonl, .jsonl.gz);
+      #   parquet; arrow: .arrow files or a `datasets.save_to_disk` directory; tokens: a
+      #   pre-tokenized 1-D .npy (memory-mapped) or raw .bin token file.
+      "kind": "python_stdlib",
+      # File, directory or glob; several separated by commas. "" for python_stdlib = this
+      # interpreter's stdlib directory.
       "path": "",
-      "format": "text",
-      "weight": 1.0,
+      "format": "text",  # text | chat | prompt_completion | alpaca (tokens: text only)
+      "weight": 1.0,  # mixing weight against the other sources (training split)
+      # Held-out documents: hash = a deterministic data.eval_fraction of documents (by a hash of
+      # file name and record index); none = all train; all = this source is eval-only.
+      "holdout": "hash",
+      "glob": "",  # file pattern inside directories ("" = per kind: *.py, *.txt, *.jsonl*, ...)
+      "text_unit": "file",  # kind=text: one document per file, or per non-empty line
+      # Field names (jsonl / parquet / arrow records).
+      "text_field": "text",
+      "messages_field": "messages",
+      "tools_field": "tools",  # optional per-record tool schemas passed to the chat template
+      "prompt_field": "prompt",
+      "completion_field": "completion",
+      "instruction_field": "instruction",
+      "input_field": "input",
+      "output_field": "output",
+      "hf_split": "train",  # kind=arrow: split directory of a saved DatasetDict
+      "token_dtype": "int32",  # kind=tokens, raw .bin files only (.npy carry their dtype)
   })
 
 
@@ -22,11 +62,62 @@ def defaults() -> ConfigDict:
   return ConfigDict({
       "seq_len": 256,
       "tokenizer": "byte",  # "byte" or a local Hugging Face tokenizer directory
+      "chat_template": "",  # "" = the tokenizer's; else a .jinja file path or a template string
       "sources": {"main": source_defaults()},
+      "seed": -1,  # shuffling seed; -1 = the run's `seed`
+      "epochs": 0,  # passes over the training data; 0 = repeat forever
+      "eval_fraction": 0.02,  # share of documents held out (sources with holdout=hash)
+      "packing": "first_fit",  # first_fit | best_fit | none (one document per row)
+      "packing_bins": 0,  # rows packed together; 0 = max(2 * per-process batch, 16)
+      # Documents longer than seq_len tokens: split into seq_len pieces | truncate | drop |
+      # error; auto = split for text, truncate for chat / prompt_completion / alpaca.
+      "overlong": "auto",
+      "on_bad_record": "error",  # error (naming file and line) | skip (counted and reported)
+      "loss_on": "assistant",  # chat: assistant | last_assistant | all tokens
+      "add_bos": True,  # text / prompt_completion / alpaca: prepend bos (if the tokenizer has one)
+      "add_eos": True,  # ... and append eos
+      # Pieces shuffled in a window after splitting long documents (0 = off; packed rows are
+      # shuffled within each packing group anyway). Costs ~0.1-0.5 ms per piece.
+      "shuffle_window": 0,
+      "workers": 0,  # worker processes (grain mp_prefetch); 0 = in this process
+      # Reader/tokenizer threads per process (0 = in the pipeline's thread; 2-4 help Hugging
+      # Face tokenizers, which release the GIL; the byte tokenizer is fastest with 0).
+      "threads": 0,
+      "prefetch": 2,  # batches prepared ahead by a background thread (0 = none)
   })
 
 
 def validate(config: ConfigDict) -> None:
   from jaxtrain.config import require
 
-  require(config.data.seq_len >= 2, "data.seq_len", f"must be >= 2, got {config.data.seq_len}")
+  d = config.data
+  require(d.seq_len >= 2, "data.seq_len", f"must be >= 2, got {d.seq_len}")
+  require(isinstance(d.tokenizer, str) and d.tokenizer != "", "data.tokenizer",
+          "must be 'byte' or a local Hugging Face tokenizer directory")
+  if d.tokenizer == "byte":
+    from jaxtrain.data.tokenizer import ByteTokenizer
+    vocab = ByteTokenizer.VOCAB_SIZE
+    require(vocab <= config.model.vocab_size, "model.vocab_size",
+            f"{config.model.vocab_size} is smaller than the byte tokenizer's vocabulary ({vocab})")
+  choices = {"packing": PACKINGS, "overlong": OVERLONG, "on_bad_record": ON_BAD_RECORD,
+             "loss_on": LOSS_ON}
+  for key, allowed in choices.items():
+    require(d[key] in allowed, f"data.{key}", f"{d[key]!r} is not one of {allowed}")
+  require(0.0 <= d.eval_fraction < 1.0, "data.eval_fraction", f"must be in [0, 1), got {d.eval_fraction}")
+  for key in ("epochs", "packing_bins", "shuffle_window", "workers", "threads", "prefetch"):
+    require(d[key] >= 0, f"data.{key}", f"must be >= 0, got {d[key]}")
+  require(len(d.sources) > 0, "data.sources", "needs at least one source")
+  for name, s in d.sources.items():
+    key = f"data.sources.{name}"
+    require(s.kind in KINDS, f"{key}.kind", f"{s.kind!r} is not one of {KINDS}")
+    require(s.format in FORMATS, f"{key}.format", f"{s.format!r} is not one of {FORMATS}")
+    require(s.holdout in HOLDOUTS, f"{key}.holdout", f"{s.holdout!r} is not one of {HOLDOUTS}")
+    require(s.text_unit in TEXT_UNITS, f"{key}.text_unit", f"{s.text_unit!r} is not one of {TEXT_UNITS}")
+    require(s.token_dtype in TOKEN_DTYPES, f"{key}.token_dtype",
+            f"{s.token_dtype!r} is not one of {TOKEN_DTYPES}")
+    require(s.weight > 0, f"{key}.weight", f"must be > 0, got {s.weight}")
+    if s.kind in ("python_stdlib", "text", "tokens"):
+      require(s.format == "text", f"{key}.format",
+              f"kind={s.kind!r} holds plain documents: format must be 'text', got {s.format!r}")
+    if s.kind != "python_stdlib":
+      require(bool(s.path), f"{key}.path", f"kind={s.kind!r} needs a path (file, directory or glob)")

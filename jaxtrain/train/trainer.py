@@ -177,6 +177,7 @@ class Trainer:
           elapsed = time.perf_counter() - interval_start
           metrics["tokens_per_sec"] = tokens_per_step * interval_steps / max(elapsed, 1e-9)
           metrics["step_time"] = elapsed / interval_steps
+          metrics["data/packing_efficiency"] = train_iter.stats()["packing_efficiency"]
           last_record = metrics_writer.write(step, metrics)
           progress.update(step, last_record)
           interval_start, interval_steps = time.perf_counter(), 0
@@ -199,9 +200,10 @@ class Trainer:
                    tokens_per_sec=last_record.get("tokens_per_sec"))
     if cfg.checkpoint.enabled and step > start:
       self._save(step, state, train_iter, force=True)
-    stats = train_iter.stats() if hasattr(train_iter, "stats") else {}
-    if stats:
-      summary["data"] = stats
+    summary["data"] = train_iter.stats()
+    if self.is_main:
+      log.info("%s", train_iter.report())
+    train_iter.close()
     summary["eval_loss"] = self.evaluate(state.params)
     metrics_writer.write(step, {"eval_loss": summary["eval_loss"]})
     if cfg.eval.unigram_baseline:
@@ -222,16 +224,20 @@ class Trainer:
     if not hasattr(self, "_eval_step"):
       self._eval_step = jax.jit(make_eval_step(self.graphdef, cfg.train),
                                 in_shardings=(self.params_sharding, self.batch_sharding))
-    it = data_lib.build_pipeline(cfg, split="eval", tokenizer=self.tokenizer, process_index=jax.process_index(),
-                                 process_count=jax.process_count())
     loss_sum, count = 0.0, 0.0
-    for _ in range(cfg.eval.batches):
-      try:
-        batch = next(it)
-      except StopIteration:
-        break
-      s, c = self._eval_step(params, self._device_batch(batch))
-      loss_sum, count = loss_sum + float(s), count + float(c)
+    with data_lib.build_pipeline(cfg, split="eval", tokenizer=self.tokenizer, process_index=jax.process_index(),
+                                 process_count=jax.process_count()) as it:
+      # Every process runs exactly eval.batches steps (collectives must line up); a process
+      # whose held-out slice ran out feeds empty batches, which add no tokens.
+      for _ in range(cfg.eval.batches):
+        batch = next(it, None)
+        if batch is None:
+          if jax.process_count() == 1:
+            break
+          batch = {k: np.zeros((cfg.train.global_batch // jax.process_count(), cfg.data.seq_len), np.int32)
+                   for k in BATCH_KEYS}
+        s, c = self._eval_step(params, self._device_batch(batch))
+        loss_sum, count = loss_sum + float(s), count + float(c)
     return loss_sum / max(count, 1.0)
 
   def sample(self, params) -> str:
