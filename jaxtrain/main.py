@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 
@@ -40,8 +39,6 @@ def report(summary: dict, workdir: str) -> str:
     lines.append(line)
   if summary.get("tokens_per_sec"):
     lines.append(f"throughput:       {summary['tokens_per_sec']:,.0f} tokens/s")
-  if summary.get("data"):
-    lines.append(f"data:             {json.dumps(summary['data'], default=str)}")
   if summary.get("sample") is not None:
     lines.append("sample:\n" + summary["sample"])
   return "\n".join(lines)

@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxtrain.kernels import dispatch
+from jaxtrain.kernels.gmm_blocked import gmm_blocked, tgmm_blocked
 from jaxtrain.kernels.gmm_pallas import gmm_pallas, tgmm_pallas
 
 
@@ -46,58 +47,6 @@ def tgmm_reference(lhs, grad, group_sizes, *, num_groups=None, preferred_element
   _, vjp = jax.vjp(lambda w: jax.lax.ragged_dot(lhs, w, group_sizes.astype(jnp.int32),
                                                  preferred_element_type=jnp.float32), zeros)
   (out,) = vjp(grad.astype(jnp.float32))
-  return out.astype(_out_dtype(lhs, preferred_element_type))
-
-
-def block_layout(group_sizes, num_rows: int, block_rows: int):
-  """Static-shape layout of rows padded per group to a multiple of `block_rows`.
-
-  Returns (row_slot[m], block_group[num_blocks], num_blocks): where each input row lands in the
-  padded buffer (rows past sum(group_sizes) point one past the end), and the group of each block.
-  num_blocks = ceil(m / block_rows) + num_groups bounds the padded size for any group sizes.
-  """
-  g = group_sizes.shape[0]
-  num_blocks = -(-num_rows // block_rows) + g
-  sizes = group_sizes.astype(jnp.int32)
-  padded = (sizes + block_rows - 1) // block_rows * block_rows
-  starts = jnp.cumsum(sizes) - sizes
-  padded_starts = jnp.cumsum(padded) - padded
-  rows = jnp.arange(num_rows, dtype=jnp.int32)
-  row_group = jnp.searchsorted(jnp.cumsum(sizes), rows, side="right").astype(jnp.int32)
-  valid = row_group < g
-  safe_group = jnp.minimum(row_group, g - 1)
-  row_slot = jnp.where(valid, padded_starts[safe_group] + rows - starts[safe_group], num_blocks * block_rows)
-  block_starts = jnp.arange(num_blocks, dtype=jnp.int32) * block_rows
-  block_group = jnp.searchsorted(jnp.cumsum(padded), block_starts, side="right").astype(jnp.int32)
-  return row_slot, jnp.minimum(block_group, g - 1), num_blocks
-
-
-def gmm_blocked(lhs, rhs, group_sizes, *, transpose_rhs=False, preferred_element_type=None, block_rows=64):
-  m, k = lhs.shape
-  if transpose_rhs:
-    rhs = jnp.swapaxes(rhs, 1, 2)
-  n = rhs.shape[2]
-  row_slot, block_group, num_blocks = block_layout(group_sizes, m, block_rows)
-  padded = jnp.zeros((num_blocks * block_rows, k), lhs.dtype).at[row_slot].set(lhs, mode="drop")
-  blocks = padded.reshape(num_blocks, block_rows, k)
-  out = jnp.einsum("bmk,bkn->bmn", blocks, rhs[block_group], preferred_element_type=jnp.float32)
-  out = out.reshape(num_blocks * block_rows, n)
-  out = jnp.take(out, row_slot, axis=0, mode="fill", fill_value=0)
-  return out.astype(_out_dtype(lhs, preferred_element_type))
-
-
-def tgmm_blocked(lhs, grad, group_sizes, *, num_groups=None, preferred_element_type=None, block_rows=64):
-  m, k = lhs.shape
-  n = grad.shape[1]
-  g = group_sizes.shape[0] if num_groups is None else num_groups
-  row_slot, block_group, num_blocks = block_layout(group_sizes, m, block_rows)
-
-  def pad(x):
-    buf = jnp.zeros((num_blocks * block_rows, x.shape[1]), x.dtype).at[row_slot].set(x, mode="drop")
-    return buf.reshape(num_blocks, block_rows, x.shape[1])
-
-  per_block = jnp.einsum("bmk,bmn->bkn", pad(lhs), pad(grad), preferred_element_type=jnp.float32)
-  out = jax.ops.segment_sum(per_block, block_group, num_segments=g)
   return out.astype(_out_dtype(lhs, preferred_element_type))
 
 
