@@ -182,10 +182,13 @@ def load_file(path: str) -> Any:
   return module.get_config()
 
 
-def load_config(path: str | None = None, overrides: Iterable[str] = (), *, base: Any = None) -> ConfigDict:
+def load_config(path: str | None = None, overrides: Iterable[str] = (), *, base: Any = None,
+                init_from_must_exist: bool = True) -> ConfigDict:
   """Defaults <- config file <- overrides, validated and locked.
 
   `base` may be a dict / ConfigDict used instead of (or before) the file, for the Python API.
+  With `model.init_from` set, architecture fields left at their defaults are taken from that
+  HF directory or checkpoint (fields set explicitly must agree with it).
   """
   config = defaults()
   if base is not None:
@@ -195,6 +198,9 @@ def load_config(path: str | None = None, overrides: Iterable[str] = (), *, base:
   for text in overrides:
     key, value = parse_override(text)
     apply_override(config, key, value)
+  if config.model.init_from:
+    from jaxtrain.converters.resolve import resolve_model_section
+    resolve_model_section(config, missing_ok=not init_from_must_exist)
   validate(config)
   config.lock()
   return config
@@ -210,8 +216,9 @@ def to_json(config: ConfigDict) -> str:
 
 
 def from_json(text: str) -> ConfigDict:
-  """Loads a resolved config written by `to_json` (validated against today's defaults)."""
-  return load_config(base=json.loads(text))
+  """Loads a resolved config written by `to_json` (validated against today's defaults). Its
+  architecture is already complete, so a since-deleted `model.init_from` is no error."""
+  return load_config(base=json.loads(text), init_from_must_exist=False)
 
 
 def require(condition: bool, key: str, message: str) -> None:

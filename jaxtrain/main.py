@@ -7,18 +7,35 @@ import logging
 import sys
 
 
-def parse_args(argv: list[str]) -> tuple[str, list[str]]:
+def _parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
       prog="python -m jaxtrain.main",
       description="Train a model from an ml_collections config file. Extra --config.KEY=VALUE "
                   "arguments override single keys (e.g. --config.train.steps=100).")
   parser.add_argument("--config", required=True, help="path to a config file defining get_config()")
+  multi = parser.add_argument_group(
+      "multi-process launch (one process per host, all with the same arguments except --process-id; "
+      "defaults: JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID, or SLURM / Open MPI)")
+  multi.add_argument("--coordinator", default=None, help="host:port of process 0's coordinator service")
+  multi.add_argument("--num-processes", type=int, default=None, help="number of processes in the run")
+  multi.add_argument("--process-id", type=int, default=None, help="this process's index in [0, num-processes)")
+  return parser
+
+
+def parse_launch(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+  """(known arguments, --config.KEY=VALUE overrides)."""
+  parser = _parser()
   args, rest = parser.parse_known_args(argv)
   overrides = []
   for item in rest:
     if not item.startswith("--config."):
       parser.error(f"unrecognised argument {item!r}; overrides look like --config.train.steps=100")
     overrides.append(item)
+  return args, overrides
+
+
+def parse_args(argv: list[str]) -> tuple[str, list[str]]:
+  args, overrides = parse_launch(argv)
   return args.config, overrides
 
 
@@ -49,13 +66,24 @@ def main(argv: list[str] | None = None) -> int:
   from jaxtrain.config import ConfigError, load_config
   from jaxtrain.train.trainer import Preempted, Trainer, exit_code_for
 
-  path, overrides = parse_args(sys.argv[1:] if argv is None else argv)
+  args, overrides = parse_launch(sys.argv[1:] if argv is None else argv)
+  path = args.config
+  from jaxtrain.parallel import distributed
+  try:  # before anything asks JAX for devices
+    distributed.initialize(args.coordinator, args.num_processes, args.process_id)
+  except ValueError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
   try:
     config = load_config(path, overrides)
   except ConfigError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
-  trainer = Trainer(config)
+  try:
+    trainer = Trainer(config)  # mesh errors surface here, before anything compiles
+  except ConfigError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
   try:
     summary = trainer.fit()
   except Preempted as e:
@@ -65,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
   except ConfigError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
-  print(report(summary, config.workdir))
+  if trainer.is_main:  # one report per run, not per process
+    print(report(summary, config.workdir))
   return 0
 
 

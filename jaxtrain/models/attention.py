@@ -11,6 +11,7 @@ from jaxtrain import kernels
 from jaxtrain.models.config import ModelConfig
 from jaxtrain.models.layers import RMSNorm, cast, dtype_of, param
 from jaxtrain.models.rope import apply_rope
+from jaxtrain.parallel import sequence
 from jaxtrain.parallel.rules import constrain
 
 
@@ -59,8 +60,8 @@ class Attention(nnx.Module):
     sinks = self.sinks[...] if cfg.attention_sinks else None
     window = self.sliding_window or None
     if cache is None:
-      out = kernels.attention(q, k, v, q_segment_ids=segment_ids, causal=True, sliding_window=window,
-                              sinks=sinks, impl=cfg.attention_impl)
+      out = sequence.attention(q, k, v, q_segment_ids=segment_ids, causal=True, sliding_window=window,
+                               sinks=sinks, impl=cfg.attention_impl)
       new_cache = None
     else:
       index = cache["index"]

@@ -1,7 +1,15 @@
-"""The device mesh ('data', 'fsdp', 'expert', 'sequence', 'tensor') built from `config.mesh`."""
+"""The device mesh ('data', 'fsdp', 'expert', 'sequence', 'tensor') built from `config.mesh`.
+
+Every size is checked before anything is compiled: statically in `validate` (config load) and,
+once -1 is resolved against the device count, in `check_sizes` (`make_mesh(..., config=...)`).
+The batch is split over data, fsdp and expert; the sequence over `sequence` (Ulysses, see
+parallel/sequence.py); heads and expert/MLP hidden dims over `tensor`; experts over `expert`.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
 
 import jax
@@ -11,10 +19,15 @@ from ml_collections import ConfigDict
 
 AXES = ("data", "fsdp", "expert", "sequence", "tensor")
 
+log = logging.getLogger("jaxtrain.parallel")
+
 
 def defaults() -> ConfigDict:
   # -1 = take the devices the other axes leave; the default puts them all on fsdp (ZeRO-3).
-  return ConfigDict({"data": 1, "fsdp": -1, "expert": 1, "sequence": 1, "tensor": 1})
+  # expert_exchange: how MoE token copies reach the devices owning their experts: "padded"
+  # (all_to_all of fixed worst-case buffers, any backend), "ragged" (ragged_all_to_all,
+  # GPU/TPU only) or "auto" (ragged on GPU/TPU, padded elsewhere).
+  return ConfigDict({"data": 1, "fsdp": -1, "expert": 1, "sequence": 1, "tensor": 1, "expert_exchange": "auto"})
 
 
 def axis_sizes(mesh_config, num_devices: int) -> dict[str, int]:
@@ -41,9 +54,48 @@ def axis_sizes(mesh_config, num_devices: int) -> dict[str, int]:
   return sizes
 
 
-def make_mesh(mesh_config, devices=None) -> Mesh:
+def check_sizes(config: ConfigDict, sizes: dict[str, int]) -> None:
+  """Divisibility checks on the resolved mesh sizes (what `validate` cannot see while an
+  axis is -1): each message names the mesh size and the number it must divide."""
+  from jaxtrain.config import ConfigError
+
+  # (Key/value heads need no check: fewer than the sequence/tensor split are repeated.)
+  model, errors = config.model, []
+  heads = model.num_heads
+  if sizes["expert"] > 1 and model.num_experts > 0 and model.num_experts % sizes["expert"]:
+    errors.append(f"mesh.expert={sizes['expert']} does not divide model.num_experts={model.num_experts}")
+  if heads % sizes["tensor"]:
+    errors.append(f"mesh.tensor={sizes['tensor']} does not divide model.num_heads={heads}")
+  if sizes["sequence"] > 1:
+    if config.data.seq_len % sizes["sequence"]:
+      errors.append(f"mesh.sequence={sizes['sequence']} does not divide data.seq_len={config.data.seq_len}")
+    if heads % (sizes["sequence"] * sizes["tensor"]):
+      errors.append(f"mesh.sequence * mesh.tensor = {sizes['sequence'] * sizes['tensor']} does not divide "
+                    f"model.num_heads={heads} (Ulysses gives each device whole heads)")
+  batch_split = sizes["data"] * sizes["fsdp"] * sizes["expert"]
+  micro = config.train.global_batch // max(config.train.micro_batches, 1)
+  if micro % batch_split:
+    # Runs, but the batch cannot split over every batch axis: the axes that do not divide it
+    # hold copies (redundant compute, and MoE layers fall back from expert parallel).
+    log.warning("mesh.data * mesh.fsdp * mesh.expert = %d does not divide the %d sequences of a micro-batch "
+                "(train.global_batch=%d, train.micro_batches=%d): the batch is replicated over the axes that do "
+                "not divide it", batch_split, micro, config.train.global_batch, config.train.micro_batches)
+  from jaxtrain.parallel.expert import ragged_supported
+  if config.mesh.get("expert_exchange", "auto") == "ragged" and not ragged_supported():
+    errors.append(f"mesh.expert_exchange='ragged' needs ragged_all_to_all, which the {jax.default_backend()!r} "
+                  "backend does not implement; use 'padded' or 'auto'")
+  if errors:
+    shape = ", ".join(f"{a}={s}" for a, s in sizes.items())
+    raise ConfigError(f"mesh ({shape}): " + "; ".join(errors))
+
+
+def make_mesh(mesh_config, devices=None, *, config: ConfigDict | None = None) -> Mesh:
+  """The mesh over `devices` (default: all, over every process). With the full `config`, the
+  resolved sizes are also checked against the model, data and batch (`check_sizes`)."""
   devices = jax.devices() if devices is None else devices
   sizes = axis_sizes(mesh_config, len(devices))
+  if config is not None:
+    check_sizes(config, sizes)
   shape = tuple(sizes[a] for a in AXES)
   auto = (jax.sharding.AxisType.Auto,) * len(AXES)
   if devices is jax.devices() or len(devices) == len(jax.devices()):
@@ -56,6 +108,9 @@ def validate(config: ConfigDict) -> None:
   from jaxtrain.config import require
 
   mesh, model = config.mesh, config.model
+  from jaxtrain.parallel.expert import EXCHANGES
+  require(mesh.expert_exchange in EXCHANGES, "mesh.expert_exchange",
+          f"{mesh.expert_exchange!r} is not one of {EXCHANGES}")
   for axis in AXES:
     require(mesh[axis] == -1 or mesh[axis] >= 1, f"mesh.{axis}", f"must be >= 1 or -1, got {mesh[axis]}")
   if mesh.expert > 1:
@@ -67,12 +122,23 @@ def validate(config: ConfigDict) -> None:
   if mesh.sequence > 1:
     require(model.num_heads % mesh.sequence == 0, "mesh.sequence",
             f"mesh.sequence={mesh.sequence} does not divide model.num_heads={model.num_heads}")
+    if mesh.tensor > 1:
+      require(model.num_heads % (mesh.sequence * mesh.tensor) == 0, "mesh.sequence",
+              f"mesh.sequence * mesh.tensor = {mesh.sequence * mesh.tensor} does not divide "
+              f"model.num_heads={model.num_heads}")
     require(config.data.seq_len % mesh.sequence == 0, "mesh.sequence",
             f"mesh.sequence={mesh.sequence} does not divide data.seq_len={config.data.seq_len}")
 
 
-def mesh_context(mesh: Mesh):
-  """Makes `mesh` the ambient mesh (`jax.set_mesh` on new JAX, `use_mesh` before it)."""
-  if hasattr(jax, "set_mesh"):
-    return jax.set_mesh(mesh)
-  return jax.sharding.use_mesh(mesh)
+@contextlib.contextmanager
+def mesh_context(mesh: Mesh, *, expert_exchange: str | None = None):
+  """Makes `mesh` the ambient mesh (`jax.set_mesh` on new JAX, `use_mesh` before it) that
+  model code reaches the parallel pieces through; `expert_exchange` (config
+  mesh.expert_exchange) selects the MoE exchange for everything traced inside."""
+  from jaxtrain.parallel.expert import exchange_context
+
+  with contextlib.ExitStack() as stack:
+    stack.enter_context(jax.set_mesh(mesh) if hasattr(jax, "set_mesh") else jax.sharding.use_mesh(mesh))
+    if expert_exchange is not None:
+      stack.enter_context(exchange_context(expert_exchange))
+    yield mesh

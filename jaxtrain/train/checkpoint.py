@@ -57,6 +57,8 @@ class Checkpointer:
 
   def save(self, step: int, state: Any, *, data_state: Any = None, config_json: str = "{}",
            force: bool = False) -> bool:
+    if step in self.manager.all_steps():
+      return False  # e.g. a stop signal right after a periodic save of the same step
     args = ocp.args.Composite(
         state=ocp.args.StandardSave(state),
         data=ocp.args.JsonSave({"iterator": data_state}),
@@ -88,6 +90,22 @@ class Checkpointer:
   def close(self) -> None:
     self.manager.wait_until_finished()
     self.manager.close()
+
+
+def gather_process_states(state: Any) -> list:
+  """Every process's JSON-able state (e.g. its data-iterator position), in process order, on
+  every process: each host reads its own slice of the data, so all of them are saved."""
+  if jax.process_count() == 1:
+    return [state]
+  import numpy as np
+  from jax.experimental import multihost_utils
+
+  raw = np.frombuffer(json.dumps(state).encode(), np.uint8)
+  lengths = multihost_utils.process_allgather(np.asarray([raw.size], np.int64)).reshape(-1)
+  padded = np.zeros((int(lengths.max()),), np.uint8)
+  padded[:raw.size] = raw
+  gathered = multihost_utils.process_allgather(padded).reshape(len(lengths), -1)
+  return [json.loads(bytes(row[:n]).decode()) for row, n in zip(gathered, lengths)]
 
 
 def abstract_with_shardings(tree: Any, shardings: Any) -> Any:

@@ -26,10 +26,11 @@ from jaxtrain import config as config_lib
 from jaxtrain import data as data_lib
 from jaxtrain.generate.sampler import generate, truncate_at_eos
 from jaxtrain.models.config import ModelConfig
+from jaxtrain.parallel import distributed, memory
 from jaxtrain.parallel.mesh import make_mesh, mesh_context
 from jaxtrain.parallel.rules import logical_to_spec
 from jaxtrain.train import state as state_lib
-from jaxtrain.train.checkpoint import Checkpointer, abstract_with_shardings, checkpoint_dir
+from jaxtrain.train.checkpoint import Checkpointer, abstract_with_shardings, checkpoint_dir, gather_process_states
 from jaxtrain.train.metrics import MetricsWriter
 from jaxtrain.train.optimizer import make_optimizer, schedule
 from jaxtrain.train.progress import Progress
@@ -53,10 +54,11 @@ class Trainer:
     self.config = config
     self.workdir = config.workdir
     self.model_cfg = ModelConfig.from_config(config.model, config.kernels)
+    distributed.initialize()  # multi-process launch from JAX_* env vars; no-op otherwise or if done
     self.is_main = jax.process_index() == 0
     self.stop_signal: int | None = None
     # Mesh errors surface here, before anything is compiled or loaded.
-    self.mesh = make_mesh(config.mesh)
+    self.mesh = make_mesh(config.mesh, config=config)
 
   # -- setup ---------------------------------------------------------------------------------
   def _build(self):
@@ -75,6 +77,7 @@ class Trainer:
     B, T = cfg.train.global_batch, cfg.data.seq_len
     spec = logical_to_spec(("act_batch", "act_seq"), (B, T), self.mesh)
     self.batch_sharding = {k: NamedSharding(self.mesh, spec) for k in BATCH_KEYS}
+    distributed.check_batch_sharding(self.batch_sharding["input_ids"], (B, T))
     self.checkpointer = Checkpointer(checkpoint_dir(self.workdir), keep=cfg.checkpoint.keep,
                                      keep_every=cfg.checkpoint.keep_every, async_save=cfg.checkpoint.async_save)
 
@@ -125,7 +128,7 @@ class Trainer:
     os.makedirs(self.workdir, exist_ok=True)
     previous_handlers = self._install_signal_handlers()
     try:
-      with mesh_context(self.mesh):
+      with mesh_context(self.mesh, expert_exchange=cfg.mesh.expert_exchange):
         return self._fit(cfg)
     finally:
       for sig, h in previous_handlers.items():
@@ -139,6 +142,7 @@ class Trainer:
       with open(os.path.join(self.workdir, "config.json"), "w") as f:
         f.write(config_lib.to_json(cfg))
     state, data_state = self._restore_or_init()
+    memory.log_report(state, self.model_cfg, cfg, self.mesh)
     start = int(state.step)
     n_params = state_lib.count_params(state.params)
     log.info("model: %s, %.2fM parameters, mesh %s", self.model_cfg.arch, n_params / 1e6, dict(self.mesh.shape))
@@ -146,7 +150,7 @@ class Trainer:
     train_iter = data_lib.build_pipeline(cfg, split="train", tokenizer=self.tokenizer,
                                          process_index=jax.process_index(), process_count=jax.process_count())
     if data_state is not None:
-      train_iter.set_state(data_state)
+      self._restore_data_position(train_iter, data_state, start)
     metrics_writer = MetricsWriter(self.workdir, enabled=self.is_main, resume_step=start if start else None)
 
     train_step = jax.jit(make_train_step(self.graphdef, self.model_cfg, cfg.train, self.tx, self.lr_schedule),
@@ -215,8 +219,24 @@ class Trainer:
     return summary
 
   def _save(self, step, state, train_iter, force=False):
-    self.checkpointer.save(step, state, data_state=train_iter.get_state(), config_json=config_lib.to_json(self.config),
-                           force=force)
+    data_states = gather_process_states(train_iter.get_state())
+    self.checkpointer.save(step, state, data_state={"per_process": data_states},
+                           config_json=config_lib.to_json(self.config), force=force)
+
+  @staticmethod
+  def _restore_data_position(train_iter, saved: Any, step: int) -> None:
+    """Puts the data stream where the checkpointed run left it. Each process reads its own
+    slice, so an exact restore needs the same process count; with another count the new
+    stream skips as many batches as the run consumed (same number of examples seen)."""
+    states = saved["per_process"]
+    if len(states) == jax.process_count():
+      train_iter.set_state(states[jax.process_index()])
+      return
+    log.warning("checkpoint was written by %d processes, this run has %d: model and optimizer state "
+                "restore exactly; the data stream is re-split and fast-forwarded by %d batches",
+                len(states), jax.process_count(), step)
+    for _ in range(step):
+      next(train_iter)
 
   # -- evaluation and sampling ---------------------------------------------------------------
   def evaluate(self, params) -> float:

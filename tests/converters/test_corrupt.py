@@ -162,8 +162,6 @@ def test_pytorch_bin_checkpoints(hf_dir, tmp_path, monkeypatch):
   bin_dir = str(tmp_path / "bin")
   model.save_pretrained(bin_dir)
   os.remove(os.path.join(bin_dir, "model.safetensors"))
-  state = {k: v for k, v in model.state_dict().items() if k != "lm_head.weight"}  # tied: not on disk
-  torch.save(state, os.path.join(bin_dir, "pytorch_model.bin"))
   # transformers 5 keeps fused experts in memory; on disk (and in our tables) they are per expert.
   from safetensors.numpy import load_file
   on_disk = load_file(os.path.join(hf_dir, "model.safetensors"))
@@ -192,7 +190,8 @@ def test_export_refuses_to_overwrite(hf_dir, tmp_path):
   with pytest.raises(ConversionError, match="not empty"):
     import_hf(hf_dir, ckpt)
   export_hf(ckpt, out, force=True)
-  assert open(os.path.join(out, "notes.txt")).read() == "keep me"
+  with open(os.path.join(out, "notes.txt")) as f:
+    assert f.read() == "keep me"
   assert os.path.exists(os.path.join(out, "model.safetensors.index.json"))
 
 

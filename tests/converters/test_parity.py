@@ -32,13 +32,15 @@ def test_logits_and_loss_match_transformers(name, hf_dir):
 
 
 def test_in_place_streaming_path_is_identical(hf_dir, monkeypatch):
-  """Parameters above the host-assembly threshold are allocated in their sharding and filled
-  slice by slice in place; forcing that path for every parameter gives identical values."""
+  """Parameters above the host-assembly threshold are allocated in their sharding and filled in
+  place, each HF tensor in row blocks; forcing that path (with tiny blocks) for every parameter
+  gives identical values."""
   from flax import nnx
   model_type, kwargs = CONFIGS["qwen3_moe-interleaved-dense"]
   build_hf(model_type, hf_dir, seed=3, **kwargs)
   assembled = nnx.to_flat_state(nnx.state(jaxtrain.from_pretrained(hf_dir), nnx.Param))
   monkeypatch.setattr(load_lib, "HOST_ASSEMBLY_BYTES", 0)
+  monkeypatch.setattr(load_lib, "CHUNK_BYTES", 300)  # several row blocks per tensor
   streamed = dict(nnx.to_flat_state(nnx.state(jaxtrain.from_pretrained(hf_dir), nnx.Param)))
   for path, var in assembled:
     np.testing.assert_array_equal(np.asarray(streamed[path].get_value()), np.asarray(var.get_value()), err_msg=str(path))

@@ -8,12 +8,13 @@ import json
 import os
 import subprocess
 import sys
+import types
 
 import ml_dtypes
 import numpy as np
 import pytest
 
-from conftest import CONFIGS, VOCAB, batch_for, build_hf, hf_logits_and_loss, jax_logits_and_loss, tokens
+from conftest import CONFIGS, VOCAB, build_hf, hf_logits_and_loss, jax_logits_and_loss, tokens
 
 import jaxtrain
 from jaxtrain.converters import export_hf, import_hf
@@ -141,59 +142,79 @@ def test_export_of_a_model_without_hf_origin(tmp_path):
   assert abs(loss - ref_loss) <= 1e-5 * ref_loss
 
 
-class _FakeTokenizer:
-  vocab_size = 261
-  bos_id = None
-  eos_id = None
+class _Recording:
+  """Wraps the real data iterator and keeps the batches it hands to the trainer."""
 
+  def __init__(self, it, seen: list):
+    self._it, self._seen = it, seen
 
-class _FixedBatches:
-  """Stands in for the data pipeline: the same batch every step, with iterator state."""
-
-  def __init__(self, batch):
-    self.batch, self.step = batch, 0
+  def __getattr__(self, name):
+    return getattr(self._it, name)
 
   def __iter__(self):
     return self
 
   def __next__(self):
-    self.step += 1
-    return {k: v.copy() for k, v in self.batch.items()}
+    batch = next(self._it)
+    self._seen.append({k: np.array(v) for k, v in batch.items()})
+    return batch
 
-  def get_state(self):
-    return {"step": self.step}
+  def __enter__(self):
+    self._it.__enter__()
+    return self
 
-  def set_state(self, state):
-    self.step = state["step"]
+  def __exit__(self, *exc):
+    return self._it.__exit__(*exc)
+
+
+def masked_ce(logits: np.ndarray, batch: dict) -> float:
+  """sum over loss tokens of -log softmax(logits)[target] / number of loss tokens (float64)."""
+  z = logits.astype(np.float64)
+  z = z - z.max(-1, keepdims=True)
+  logp = z - np.log(np.exp(z).sum(-1, keepdims=True))
+  nll = -np.take_along_axis(logp, batch["target_ids"][..., None].astype(np.int64), -1)[..., 0]
+  mask = batch["loss_mask"].astype(np.float64)
+  return float((nll * mask).sum() / mask.sum())
 
 
 def test_train_from_hf_then_export(tmp_path, monkeypatch):
-  """Trainer with model.init_from=HF_DIR (architecture left at defaults and resolved from the
-  directory): the step-0 loss equals transformers' loss on that batch; after a few steps the
-  export's transformers logits equal jaxtrain's logits of the trained parameters."""
-  import types
+  """The Trainer with model.init_from=HF_DIR and the architecture left at defaults (resolved from
+  the directory), fed by the real data pipeline: the step-0 training loss equals the loss of the
+  transformers model on that very batch; after a few steps the export's transformers logits
+  equal jaxtrain's logits of the trained parameters."""
+  import torch
 
+  from jaxtrain import data as data_lib
   from jaxtrain.converters import resolve_model_section
   from jaxtrain.train import trainer as trainer_lib
+  try:
+    data_lib.build_pipeline, data_lib.build_tokenizer
+  except (ImportError, AttributeError) as e:
+    pytest.skip(f"the data pipeline is not available yet: {e}")
 
   kwargs = dict(hidden_size=32, intermediate_size=48, moe_intermediate_size=16, num_hidden_layers=2,
                 num_attention_heads=4, num_key_value_heads=2, head_dim=8, num_experts=4, num_experts_per_tok=2,
                 mlp_only_layers=[0], norm_topk_prob=True)
-  model_type = "qwen3_moe"
   hf_dir, workdir, out = str(tmp_path / "hf"), str(tmp_path / "run"), str(tmp_path / "out")
-  vocab = 300  # the run's default byte tokenizer needs >= 261 ids
-  hf = build_hf(model_type, hf_dir, seed=21, **{**kwargs, "vocab_size": vocab})
-  toks = tokens(2, 17, seed=21, vocab=vocab)
-  _, hf_loss = hf_logits_and_loss(hf, toks)
-  batch = batch_for(toks)
-  fake = types.SimpleNamespace(build_tokenizer=lambda cfg: _FakeTokenizer(),
-                               build_pipeline=lambda config, **kw: _FixedBatches(batch),
-                               unigram_loss=lambda *a, **k: 0.0)
-  monkeypatch.setattr(trainer_lib, "data_lib", fake)
+  vocab = 300  # the byte tokenizer uses 261 ids
+  hf = build_hf("qwen3_moe", hf_dir, seed=21, **{**kwargs, "vocab_size": vocab})
+  text = tmp_path / "corpus.txt"
+  rng = np.random.default_rng(0)
+  text.write_text("\n".join("".join(chr(c) for c in rng.integers(97, 123, 40)) for _ in range(64)))
+  seen: list = []
+  real_build = data_lib.build_pipeline
+
+  def build_pipeline(config, split="train", **kw):
+    it = real_build(config, split=split, **kw)
+    return _Recording(it, seen) if split == "train" else it
+
+  monkeypatch.setattr(trainer_lib, "data_lib", types.SimpleNamespace(
+      build_pipeline=build_pipeline, build_tokenizer=data_lib.build_tokenizer, unigram_loss=data_lib.unigram_loss))
   config = jaxtrain.load_config(base={
       "workdir": workdir,
       "model": {"init_from": hf_dir, "capacity_factor": 2.0, "aux_loss_weight": 0.0},
-      "data": {"seq_len": toks.shape[1] - 1},
+      "data": {"seq_len": 16, "packing": "none", "shuffle_window": 0, "prefetch": 0, "eval_fraction": 0.1,
+               "sources": {"main": {"kind": "text", "path": str(text), "text_unit": "line"}}},
       "train": {"steps": 3, "global_batch": 2, "lr": 3e-2, "warmup_steps": 0, "schedule": "constant",
                 "log_every": 1, "progress": False, "weight_decay": 0.0},
       "eval": {"batches": 1},
@@ -206,19 +227,24 @@ def test_train_from_hf_then_export(tmp_path, monkeypatch):
   trainer = jaxtrain.Trainer(config)
   trainer.fit()
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    records = [json.loads(line) for line in f if '"loss"' in line]
-  step0 = records[0]
-  assert step0["step"] == 1
-  print(f"STEP0 loss jaxtrain={step0['loss']:.7f} transformers={hf_loss:.7f}")
-  assert abs(step0["loss"] - hf_loss) <= 1e-5 * hf_loss
-  assert records[-1]["loss"] < step0["loss"]  # the parameters did change
+    records = [r for r in map(json.loads, f) if "loss" in r]
+  first = seen[0]
+  valid = first["segment_ids"] != 0
+  assert (first["positions"][valid] == np.broadcast_to(np.arange(16), (2, 16))[valid]).all()  # one doc per row
+  with torch.no_grad():
+    hf_logits = hf(torch.tensor(first["input_ids"], dtype=torch.long)).logits.numpy()
+  hf_loss = masked_ce(hf_logits, first)
+  print(f"STEP0 loss jaxtrain={records[0]['loss']:.7f} transformers={hf_loss:.7f}")
+  assert records[0]["step"] == 1
+  assert abs(records[0]["loss"] - hf_loss) <= 1e-5 * hf_loss
+  assert records[-1]["loss"] != records[0]["loss"]  # the parameters did change
 
   r = cli("export-hf", "--ckpt", workdir, "--out", out, "--no-progress")
   assert r.returncode == 0, r.stderr
   exported = assert_loads_cleanly(out)
-  original = read_all(hf_dir)
-  assert not np.array_equal(read_all(out)["model.layers.1.mlp.experts.0.gate_proj.weight"],
-                            original["model.layers.1.mlp.experts.0.gate_proj.weight"])
+  assert "generation_config.json" in os.listdir(out)  # copied from the HF directory the run started from
+  key = "model.layers.1.mlp.experts.0.gate_proj.weight"
+  assert not np.array_equal(read_all(out)[key], read_all(hf_dir)[key])
   check = tokens(2, 15, seed=99, vocab=vocab)
   ref_logits, _ = hf_logits_and_loss(exported, check)
   from flax import nnx
@@ -229,3 +255,22 @@ def test_train_from_hf_then_export(tmp_path, monkeypatch):
   final = dict(nnx.to_flat_state(trainer.state.params))
   for path, var in nnx.to_flat_state(nnx.state(trained, nnx.Param)):
     np.testing.assert_array_equal(np.asarray(var.get_value()), np.asarray(final[path].get_value()))
+
+
+def test_from_pretrained_bfloat16_from_hf_and_checkpoint(tmp_path):
+  """dtype=bfloat16 gives bf16 parameters equal to the fp32 weights rounded, from an HF directory
+  and from a jaxtrain checkpoint alike."""
+  from flax import nnx
+  model_type, kwargs = CONFIGS["mixtral-tied-top1"]
+  hf_dir, ckpt = str(tmp_path / "hf"), str(tmp_path / "ck")
+  build_hf(model_type, hf_dir, seed=6, **kwargs)
+  import_hf(hf_dir, ckpt)
+  fp32 = dict(nnx.to_flat_state(nnx.state(jaxtrain.from_pretrained(hf_dir), nnx.Param)))
+  for source in (hf_dir, ckpt):
+    model = jaxtrain.from_pretrained(source, dtype="bfloat16")
+    assert model.cfg.dtype == model.cfg.param_dtype == "bfloat16"
+    for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+      value = np.asarray(var.get_value())
+      assert value.dtype == ml_dtypes.bfloat16, path
+      expected = np.asarray(fp32[path].get_value()).astype(ml_dtypes.bfloat16)
+      assert value.tobytes() == expected.tobytes(), (source, path)

@@ -1,0 +1,238 @@
+"""Per-family weight tables: Hugging Face key <-> jaxtrain parameter slice, declaratively.
+
+A `Rule` names an HF key template (`{layer}`, `{expert}`), the jaxtrain parameter path (inside
+a decoder block for layer rules, from the model root otherwise), which slice of that parameter
+the tensor fills (`select`, with `EXPERT` standing for the expert number) and the layout
+transform:
+
+  same   identical shape                         (embedding, norms)
+  flat   HF tensor is the slice flattened        (q/k/v biases [H*D] -> [H, D])
+  t1     HF [out, in] -> transpose, reshape to the slice, whose first dim is `in`
+         (q/k/v/gate/up/down/router/lm_head: [H*D, E] -> [E, H, D])
+  t2     as t1 with the first two slice dims forming `in` (o_proj [E, H*D] -> [H, D, E])
+
+Layers live at `stages/<stage>/blocks/<slot>/...` with the stage's repeat as the leading axis
+(`ModelConfig.layer_location`), experts are stacked on the axis after it, and gate/up
+projections are fused on a size-2 axis. `plan(cfg, family)` expands the tables into one `Entry`
+per HF tensor, in Hugging Face order. All transforms are transposes and reshapes, so a round
+trip is bit-exact.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from jaxtrain.converters.errors import ConversionError
+
+ALL = slice(None)
+EXPERT = "expert"
+
+
+@dataclass(frozen=True)
+class Rule:
+  hf: str
+  path: str
+  layout: str = "same"
+  select: tuple = ()
+  when: str = "always"
+
+
+@dataclass(frozen=True)
+class Family:
+  name: str
+  top: tuple[Rule, ...]
+  layer: tuple[Rule, ...]
+  ignore: tuple[str, ...] = ()  # regexes of HF keys that may be present and are skipped
+
+  def ignorable(self, key: str) -> bool:
+    return any(re.fullmatch(p, key) for p in self.ignore)
+
+
+# Predicates deciding whether a rule applies, given the model config and the layer kind.
+FEATURES: dict[str, Callable[[Any, Any], bool]] = {
+    "always": lambda cfg, kind: True,
+    "untied": lambda cfg, kind: not cfg.tie_word_embeddings,
+    "qk_norm": lambda cfg, kind: cfg.qk_norm,
+    "attention_bias": lambda cfg, kind: cfg.attention_bias,
+    "attention_out_bias": lambda cfg, kind: cfg.attention_out_bias,
+    "dense": lambda cfg, kind: not kind.moe,
+    "moe": lambda cfg, kind: kind.moe,
+    "shared_expert": lambda cfg, kind: kind.moe and cfg.shared_expert_intermediate_size > 0,
+    "shared_expert_gate": lambda cfg, kind: kind.moe and cfg.shared_expert_intermediate_size > 0 and cfg.shared_expert_gate,
+}
+
+L = "model.layers.{layer}."
+TOP = (
+    Rule("model.embed_tokens.weight", "embed"),
+    Rule("model.norm.weight", "final_norm/scale"),
+    Rule("lm_head.weight", "lm_head", "t1", when="untied"),
+)
+ATTENTION = (
+    Rule(L + "input_layernorm.weight", "input_norm/scale"),
+    Rule(L + "self_attn.q_proj.weight", "attn/q_proj", "t1"),
+    Rule(L + "self_attn.k_proj.weight", "attn/k_proj", "t1"),
+    Rule(L + "self_attn.v_proj.weight", "attn/v_proj", "t1"),
+    Rule(L + "self_attn.o_proj.weight", "attn/o_proj", "t2"),
+    Rule(L + "self_attn.q_proj.bias", "attn/q_bias", "flat", when="attention_bias"),
+    Rule(L + "self_attn.k_proj.bias", "attn/k_bias", "flat", when="attention_bias"),
+    Rule(L + "self_attn.v_proj.bias", "attn/v_bias", "flat", when="attention_bias"),
+    Rule(L + "self_attn.o_proj.bias", "attn/o_bias", when="attention_out_bias"),
+    Rule(L + "self_attn.q_norm.weight", "attn/q_norm/scale", when="qk_norm"),
+    Rule(L + "self_attn.k_norm.weight", "attn/k_norm/scale", when="qk_norm"),
+    Rule(L + "post_attention_layernorm.weight", "post_attn_norm/scale"),
+)
+DENSE_MLP = (
+    Rule(L + "mlp.gate_proj.weight", "mlp/gate_up", "t1", (ALL, 0, ALL), when="dense"),
+    Rule(L + "mlp.up_proj.weight", "mlp/gate_up", "t1", (ALL, 1, ALL), when="dense"),
+    Rule(L + "mlp.down_proj.weight", "mlp/down", "t1", when="dense"),
+)
+# Qwen-style MoE (transformers 5 writes per-expert keys on disk, as transformers 4 did).
+QWEN_MOE = (
+    Rule(L + "mlp.gate.weight", "moe/router", "t1", when="moe"),
+    Rule(L + "mlp.experts.{expert}.gate_proj.weight", "moe/gate_up", "t1", (EXPERT, ALL, 0, ALL), when="moe"),
+    Rule(L + "mlp.experts.{expert}.up_proj.weight", "moe/gate_up", "t1", (EXPERT, ALL, 1, ALL), when="moe"),
+    Rule(L + "mlp.experts.{expert}.down_proj.weight", "moe/down", "t1", (EXPERT,), when="moe"),
+)
+QWEN2_SHARED_EXPERT = (
+    Rule(L + "mlp.shared_expert.gate_proj.weight", "moe/shared/gate_up", "t1", (ALL, 0, ALL), when="shared_expert"),
+    Rule(L + "mlp.shared_expert.up_proj.weight", "moe/shared/gate_up", "t1", (ALL, 1, ALL), when="shared_expert"),
+    Rule(L + "mlp.shared_expert.down_proj.weight", "moe/shared/down", "t1", when="shared_expert"),
+    Rule(L + "mlp.shared_expert_gate.weight", "moe/shared_gate", "t1", when="shared_expert_gate"),
+)
+MIXTRAL_MOE = (
+    Rule(L + "block_sparse_moe.gate.weight", "moe/router", "t1", when="moe"),
+    Rule(L + "block_sparse_moe.experts.{expert}.w1.weight", "moe/gate_up", "t1", (EXPERT, ALL, 0, ALL), when="moe"),
+    Rule(L + "block_sparse_moe.experts.{expert}.w3.weight", "moe/gate_up", "t1", (EXPERT, ALL, 1, ALL), when="moe"),
+    Rule(L + "block_sparse_moe.experts.{expert}.w2.weight", "moe/down", "t1", (EXPERT,), when="moe"),
+)
+# Buffers some older checkpoints carry; they hold nothing a model needs.
+COMMON_IGNORE = (r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq",)
+
+FAMILIES: dict[str, Family] = {
+    "qwen3": Family("qwen3", TOP, ATTENTION + DENSE_MLP, COMMON_IGNORE),
+    "llama": Family("llama", TOP, ATTENTION + DENSE_MLP, COMMON_IGNORE),
+    "qwen3_moe": Family("qwen3_moe", TOP, ATTENTION + DENSE_MLP + QWEN_MOE, COMMON_IGNORE),
+    "qwen2_moe": Family("qwen2_moe", TOP, ATTENTION + DENSE_MLP + QWEN_MOE + QWEN2_SHARED_EXPERT, COMMON_IGNORE),
+    "mixtral": Family("mixtral", TOP, ATTENTION + MIXTRAL_MOE, COMMON_IGNORE),
+}
+
+
+def family(name: str) -> Family:
+  if name not in FAMILIES:
+    raise ConversionError(f"no weight table for model arch {name!r} (supported: {', '.join(FAMILIES)})")
+  return FAMILIES[name]
+
+
+@dataclass(frozen=True)
+class Entry:
+  """One HF tensor <-> one slice of one jaxtrain parameter."""
+  key: str
+  path: tuple  # flat nnx path of the parameter
+  index: tuple  # ints and full slices, one per parameter dimension (or fewer)
+  layout: str
+  layer: int = -1
+
+
+def _path(text: str) -> tuple:
+  return tuple(text.split("/"))
+
+
+def plan(cfg, fam: Family) -> list[Entry]:
+  """Every HF tensor of a model with config `cfg`, in Hugging Face order."""
+  entries = [Entry(r.hf, _path(r.path), (), r.layout) for r in fam.top[:1] if FEATURES[r.when](cfg, None)]
+  stages = cfg.stages()
+  for i in range(cfg.num_layers):
+    s, rep, slot = cfg.layer_location(i)
+    kind = stages[s][0][slot]
+    prefix = ("stages", s, "blocks", slot)
+    for r in fam.layer:
+      if not FEATURES[r.when](cfg, kind):
+        continue
+      experts = range(cfg.num_experts) if EXPERT in r.select or "{expert}" in r.hf else [None]
+      for x in experts:
+        select = tuple(x if v == EXPERT else v for v in r.select)
+        entries.append(Entry(r.hf.format(layer=i, expert=x), prefix + _path(r.path), (rep,) + select, r.layout, i))
+  entries += [Entry(r.hf, _path(r.path), (), r.layout) for r in fam.top[1:] if FEATURES[r.when](cfg, None)]
+  return entries
+
+
+# -- geometry and transforms -----------------------------------------------------------------
+
+def full_index(index: tuple, ndim: int) -> tuple:
+  return tuple(index) + (ALL,) * (ndim - len(index))
+
+
+def slice_shape(param_shape: tuple, index: tuple) -> tuple:
+  idx = full_index(index, len(param_shape))
+  return tuple(d for d, i in zip(param_shape, idx) if not isinstance(i, int))
+
+
+def update_geometry(param_shape: tuple, index: tuple) -> tuple[tuple, tuple]:
+  """(start indices, update shape with size-1 dims kept) for `lax.dynamic_update_slice`."""
+  idx = full_index(index, len(param_shape))
+  starts = tuple(i if isinstance(i, int) else 0 for i in idx)
+  shape = tuple(1 if isinstance(i, int) else d for d, i in zip(param_shape, idx))
+  return starts, shape
+
+
+def hf_shape(layout: str, sshape: tuple) -> tuple:
+  if layout == "same":
+    return tuple(sshape)
+  if layout == "flat":
+    return (math.prod(sshape),)
+  k = {"t1": 1, "t2": 2}[layout]
+  return (math.prod(sshape[k:]), math.prod(sshape[:k]))
+
+
+def to_param(layout: str, w: np.ndarray, sshape: tuple) -> np.ndarray:
+  """HF tensor -> the parameter slice (shape `sshape`)."""
+  if layout in ("same", "flat"):
+    return w.reshape(sshape)
+  return np.ascontiguousarray(w.T).reshape(sshape)
+
+
+def to_hf(layout: str, v: np.ndarray) -> np.ndarray:
+  """Parameter slice -> HF tensor (inverse of `to_param`)."""
+  if layout == "same":
+    return v
+  if layout == "flat":
+    return v.reshape(-1)
+  k = {"t1": 1, "t2": 2}[layout]
+  shape = v.shape
+  return np.ascontiguousarray(v.reshape(math.prod(shape[:k]), math.prod(shape[k:])).T)
+
+
+def chunk_axis(layout: str, sshape: tuple) -> tuple[int, int] | None:
+  """(slice dimension, HF rows per index along it) for filling a slice in row blocks of its HF
+  tensor: HF rows are the flattened output dims, whose leading one is the chunked dimension."""
+  if layout == "same" and len(sshape) >= 1:
+    return 0, 1
+  if layout in ("t1", "t2"):
+    k = {"t1": 1, "t2": 2}[layout]
+    if len(sshape) > k:
+      return k, math.prod(sshape[k + 1:])
+  return None
+
+
+def param_dim(index: tuple, ndim: int, slice_dim: int) -> int:
+  """The parameter dimension behind dimension `slice_dim` of `param[index]`."""
+  free = [d for d, i in enumerate(full_index(index, ndim)) if not isinstance(i, int)]
+  return free[slice_dim]
+
+
+def check_coverage(entries: list[Entry], shapes: dict[tuple, tuple]) -> None:
+  """Every parameter is filled exactly once by the plan (guards the tables themselves)."""
+  covered: dict[tuple, int] = {}
+  for e in entries:
+    if e.path not in shapes:
+      raise ConversionError(f"internal: table entry {e.key} targets unknown parameter {'/'.join(map(str, e.path))}")
+    covered[e.path] = covered.get(e.path, 0) + math.prod(slice_shape(shapes[e.path], e.index))
+  bad = [f"{'/'.join(map(str, p))}: {covered.get(p, 0)} of {math.prod(s)} values" for p, s in shapes.items()
+         if covered.get(p, 0) != math.prod(s)]
+  if bad:
+    raise ConversionError("internal: the weight table does not cover these parameters exactly: " + "; ".join(bad))
