@@ -29,6 +29,7 @@ from jaxtrain.models.config import ModelConfig
 from jaxtrain.parallel import distributed, memory
 from jaxtrain.parallel.mesh import make_mesh, mesh_context
 from jaxtrain.parallel.rules import logical_to_spec
+from jaxtrain.train import flops as flops_lib
 from jaxtrain.train import state as state_lib
 from jaxtrain.train.checkpoint import Checkpointer, abstract_with_shardings, checkpoint_dir, gather_process_states
 from jaxtrain.train.metrics import MetricsWriter
@@ -70,10 +71,13 @@ class Trainer:
           f"({self.tokenizer.vocab_size} tokens, {cfg.data.tokenizer})")
     self.tx = make_optimizer(cfg.train)
     self.lr_schedule = schedule(cfg.train)
-    self.graphdef, abstract_params, _ = state_lib.abstract_model(mc, cfg.seed)
+    self.graphdef, abstract_params, abstract_model_state = state_lib.abstract_model(mc, cfg.seed)
     self.abstract_params = abstract_params
     self.params_sharding = state_lib.param_shardings(abstract_params, self.mesh)
-    self.state_sharding = state_lib.state_shardings(self.tx, abstract_params, self.params_sharding, self.mesh)
+    self.model_state_sharding = state_lib.model_state_shardings(abstract_model_state, self.mesh)
+    self.abstract_model_state = abstract_model_state if self.model_state_sharding is not None else None
+    self.state_sharding = state_lib.state_shardings(self.tx, abstract_params, self.params_sharding, self.mesh,
+                                                    self.model_state_sharding)
     B, T = cfg.train.global_batch, cfg.data.seq_len
     spec = logical_to_spec(("act_batch", "act_seq"), (B, T), self.mesh)
     self.batch_sharding = {k: NamedSharding(self.mesh, spec) for k in BATCH_KEYS}
@@ -82,12 +86,15 @@ class Trainer:
                                      keep_every=cfg.checkpoint.keep_every, async_save=cfg.checkpoint.async_save)
 
   def _initial_params(self):
+    """(parameters, model state or None)."""
     path = self.config.model.init_from
     if not path:
-      return state_lib.init_params(self.model_cfg, self.config.seed, self.params_sharding)
+      return (state_lib.init_params(self.model_cfg, self.config.seed, self.params_sharding),
+              state_lib.init_model_state(self.model_cfg, self.config.seed, self.model_state_sharding))
     from jaxtrain.converters import load_params
     log.info("initialising parameters from %s", path)
-    return load_params(path, self.model_cfg, self.params_sharding)
+    return load_params(path, self.model_cfg, self.params_sharding, with_state=True,
+                       state_sharding=self.model_state_sharding)
 
   def _restore_or_init(self):
     latest = self.checkpointer.latest_step()
@@ -95,12 +102,12 @@ class Trainer:
       log.info("resuming from %s step %d", self.checkpointer.directory, latest)
       abstract = abstract_with_shardings(
           jax.eval_shape(lambda: state_lib.init_state(self.abstract_params, self.tx, self.state_sharding,
-                                                      self.config.seed)),
+                                                      self.config.seed, self.abstract_model_state)),
           self.state_sharding)
       state, data_state, _ = self.checkpointer.restore(latest, abstract)
       return state, data_state
-    params = self._initial_params()
-    return state_lib.init_state(params, self.tx, self.state_sharding, self.config.seed), None
+    params, model_state = self._initial_params()
+    return state_lib.init_state(params, self.tx, self.state_sharding, self.config.seed, model_state), None
 
   def _device_batch(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
     return {k: jax.make_array_from_process_local_data(self.batch_sharding[k], np.asarray(batch[k], np.int32))
@@ -158,6 +165,8 @@ class Trainer:
                          out_shardings=(self.state_sharding, None), donate_argnums=(0,))
     total = cfg.train.steps
     tokens_per_step = cfg.train.global_batch * cfg.data.seq_len
+    flops_per_token = flops_lib.train_flops_per_token(self.model_cfg, cfg.data.seq_len)
+    peak = flops_lib.device_peak(self.model_cfg.dtype)
     summary: dict[str, Any] = {"start_step": start, "params": n_params}
     compiled = None
     last_record: dict[str, Any] = {}
@@ -182,6 +191,9 @@ class Trainer:
           metrics["tokens_per_sec"] = tokens_per_step * interval_steps / max(elapsed, 1e-9)
           metrics["step_time"] = elapsed / interval_steps
           metrics["data/packing_efficiency"] = train_iter.stats()["packing_efficiency"]
+          metrics["tflops_per_device"] = flops_per_token * metrics["tokens_per_sec"] / self.mesh.size / 1e12
+          if peak:
+            metrics["mfu"] = flops_lib.mfu(flops_per_token, metrics["tokens_per_sec"], self.mesh.size, peak)
           last_record = metrics_writer.write(step, metrics)
           progress.update(step, last_record)
           interval_start, interval_steps = time.perf_counter(), 0
@@ -190,7 +202,7 @@ class Trainer:
         if cfg.checkpoint.enabled and cfg.checkpoint.every and step % cfg.checkpoint.every == 0 and step < total:
           self._save(step, state, train_iter)
         if cfg.eval.every and step % cfg.eval.every == 0 and step < total:
-          eval_loss = self.evaluate(state.params)
+          eval_loss = self.evaluate(state.params, state.model_state)
           metrics_writer.write(step, {"eval_loss": eval_loss})
           progress.note(f"step {step}: held-out loss {eval_loss:.4f}")
         if self.stop_signal is not None:
@@ -208,12 +220,12 @@ class Trainer:
     if self.is_main:
       log.info("%s", train_iter.report())
     train_iter.close()
-    summary["eval_loss"] = self.evaluate(state.params)
+    summary["eval_loss"] = self.evaluate(state.params, state.model_state)
     metrics_writer.write(step, {"eval_loss": summary["eval_loss"]})
     if cfg.eval.unigram_baseline:
       summary["unigram_loss"] = data_lib.unigram_loss(cfg, self.tokenizer)
     if cfg.sample.enabled:
-      summary["sample"] = self.sample(state.params)
+      summary["sample"] = self.sample(state.params, state.model_state)
     self.checkpointer.wait()
     self.state = state
     return summary
@@ -239,11 +251,11 @@ class Trainer:
       next(train_iter)
 
   # -- evaluation and sampling ---------------------------------------------------------------
-  def evaluate(self, params) -> float:
+  def evaluate(self, params, model_state=None) -> float:
     cfg = self.config
     if not hasattr(self, "_eval_step"):
       self._eval_step = jax.jit(make_eval_step(self.graphdef, cfg.train),
-                                in_shardings=(self.params_sharding, self.batch_sharding))
+                                in_shardings=(self.params_sharding, self.batch_sharding, self.model_state_sharding))
     loss_sum, count = 0.0, 0.0
     with data_lib.build_pipeline(cfg, split="eval", tokenizer=self.tokenizer, process_index=jax.process_index(),
                                  process_count=jax.process_count()) as it:
@@ -256,13 +268,13 @@ class Trainer:
             break
           batch = {k: np.zeros((cfg.train.global_batch // jax.process_count(), cfg.data.seq_len), np.int32)
                    for k in BATCH_KEYS}
-        s, c = self._eval_step(params, self._device_batch(batch))
+        s, c = self._eval_step(params, self._device_batch(batch), model_state)
         loss_sum, count = loss_sum + float(s), count + float(c)
     return loss_sum / max(count, 1.0)
 
-  def sample(self, params) -> str:
+  def sample(self, params, model_state=None) -> str:
     cfg = self.config.sample
-    model = nnx.merge(self.graphdef, params)
+    model = nnx.merge(self.graphdef, params) if model_state is None else nnx.merge(self.graphdef, params, model_state)
     prompt = self.tokenizer.encode(cfg.prompt)
     if self.tokenizer.bos_id is not None:
       prompt = [self.tokenizer.bos_id] + prompt

@@ -1,0 +1,255 @@
+"""Training throughput: jaxtrain vs Hugging Face transformers + PyTorch, side by side.
+
+Same architecture (built from one jaxtrain model config; transformers gets the equivalent HF
+config), same batch, sequence length and dtype, AdamW in both. Each framework runs in its own
+subprocess so peak memory is its own. Reports tokens/s, median step time after warm-up, peak
+memory, jaxtrain's compile time and MFU where the device's peak is known.
+
+    python experiments/bench_train.py                      # CPU: quickstart-sized MoE
+    python experiments/bench_train.py --preset gpu-moe     # one 80 GB GPU, bf16
+    python experiments/bench_train.py --preset gpu-dense-1b --frameworks jaxtrain,torch-eager
+
+Prints a table; with --out (or $OUT set) also writes it as JSON and markdown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+PRESETS = {
+    # The quickstart model (configs/quickstart.py) at its batch shape.
+    "cpu-moe": dict(model=dict(vocab_size=272, hidden_size=128, num_layers=4, num_heads=4, num_kv_heads=2, head_dim=32,
+                               intermediate_size=512, num_experts=8, num_experts_per_tok=2,
+                               moe_intermediate_size=256, rope_theta=10000.0),
+                    batch=8, seq=256, dtype="float32", steps=10, warmup=3),
+    "cpu-dense": dict(model=dict(vocab_size=272, hidden_size=256, num_layers=4, num_heads=8, num_kv_heads=4,
+                                 head_dim=32, intermediate_size=1024, num_experts=0, rope_theta=10000.0),
+                      batch=8, seq=256, dtype="float32", steps=10, warmup=3),
+    # ~1.3B parameters, Llama/Qwen3-style dense; fits one 80 GB card with AdamW in fp32 masters.
+    "gpu-dense-1b": dict(model=dict(arch="qwen3", vocab_size=32768, hidden_size=2048, num_layers=16, num_heads=16,
+                                    num_kv_heads=8, head_dim=128, intermediate_size=8192, num_experts=0,
+                                    rope_theta=1e6, remat="save_dots"),
+                         batch=8, seq=2048, dtype="bfloat16", steps=10, warmup=3),
+    # Qwen3-MoE-style, 64 experts top-8 (~2.1B total, ~0.5B active parameters).
+    "gpu-moe": dict(model=dict(vocab_size=32768, hidden_size=1024, num_layers=16, num_heads=16, num_kv_heads=4,
+                               head_dim=64, intermediate_size=4096, num_experts=64, num_experts_per_tok=8,
+                               moe_intermediate_size=512, rope_theta=1e6, remat="save_dots"),
+                    batch=8, seq=2048, dtype="bfloat16", steps=10, warmup=3),
+}
+FRAMEWORKS = ("jaxtrain", "torch-eager", "torch-compile")
+
+
+# ------------------------------------------------------------------------------------------
+# Workers (each runs in its own process and prints one JSON line)
+# ------------------------------------------------------------------------------------------
+def _peak_rss_mb() -> float:
+  import resource
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_jaxtrain(spec: dict) -> dict:
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  from ml_collections import ConfigDict
+
+  from jaxtrain.config import load_config
+  from jaxtrain.models.config import ModelConfig
+  from jaxtrain.parallel.mesh import make_mesh, mesh_context
+  from jaxtrain.train import flops
+  from jaxtrain.train import state as state_lib
+  from jaxtrain.train.optimizer import make_optimizer, schedule
+  from jaxtrain.train.step import BATCH_KEYS, make_train_step
+
+  config = load_config(base={"model": {**spec["model"], "dtype": spec["dtype"]},
+                             "train": {"global_batch": spec["batch"], "steps": 1000, "warmup_steps": 10},
+                             "data": {"seq_len": spec["seq"]}})
+  cfg = ModelConfig.from_config(config.model, config.kernels)
+  mesh = make_mesh(config.mesh)
+  B, T = spec["batch"], spec["seq"]
+  with mesh_context(mesh):
+    graphdef, abstract, _ = state_lib.abstract_model(cfg)
+    shardings = state_lib.param_shardings(abstract, mesh)
+    tx = make_optimizer(config.train)
+    state_sh = state_lib.state_shardings(tx, abstract, shardings, mesh)
+    state = state_lib.init_state(state_lib.init_params(cfg, 0, shardings), tx, state_sh, 0)
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, cfg.vocab_size, (B, T + 1)).astype(np.int32)
+    batch = {"input_ids": ids[:, :T], "target_ids": ids[:, 1:], "loss_mask": np.ones((B, T), np.int32),
+             "segment_ids": np.ones((B, T), np.int32), "positions": np.tile(np.arange(T, dtype=np.int32), (B, 1))}
+    batch = {k: jnp.asarray(batch[k]) for k in BATCH_KEYS}
+    step = jax.jit(make_train_step(graphdef, cfg, config.train, tx, schedule(config.train)), donate_argnums=(0,))
+    t0 = time.perf_counter()
+    compiled = step.lower(state, batch).compile()
+    compile_s = time.perf_counter() - t0
+    times, losses = [], []
+    for i in range(spec["warmup"] + spec["steps"]):
+      t0 = time.perf_counter()
+      state, metrics = compiled(state, batch)
+      loss = float(metrics["loss"])  # blocks
+      if i >= spec["warmup"]:
+        times.append(time.perf_counter() - t0)
+        losses.append(loss)
+  step_s = float(np.median(times))
+  device = jax.devices()[0]
+  stats = device.memory_stats() or {}
+  peak_mb = stats.get("peak_bytes_in_use", 0) / 2**20 if device.platform != "cpu" else _peak_rss_mb()
+  fpt = flops.train_flops_per_token(cfg, T)
+  peak = flops.device_peak(cfg.dtype)
+  tps = B * T / step_s
+  return {"framework": "jaxtrain", "device": device.device_kind, "tokens_per_sec": tps, "step_ms": step_s * 1e3,
+          "peak_mem_mb": peak_mb, "compile_s": compile_s, "mfu": flops.mfu(fpt, tps, mesh.size, peak),
+          "loss_first": losses[0], "params": state_lib.count_params(state.params),
+          "gmm": cfg.gmm_impl, "attention": cfg.attention_impl}
+
+
+def run_torch(spec: dict, compiled: bool) -> dict:
+  import numpy as np
+  import torch
+  import transformers
+
+  from jaxtrain.config import load_config
+  from jaxtrain.converters.hf_config import to_hf
+  from jaxtrain.models.config import ModelConfig
+
+  config = load_config(base={"model": spec["model"]})
+  hf_dict = to_hf(ModelConfig.from_config(config.model))
+  hf_config = transformers.AutoConfig.for_model(**hf_dict)
+  device = "cuda" if torch.cuda.is_available() else "cpu"
+  torch.manual_seed(0)
+  model = transformers.AutoModelForCausalLM.from_config(hf_config).to(device)
+  model.train()
+  opt = torch.optim.AdamW(model.parameters(), lr=3e-4, betas=(0.9, 0.95), weight_decay=0.1,
+                          fused=device == "cuda")
+  autocast = spec["dtype"] != "float32"
+  amp_dtype = getattr(torch, spec["dtype"]) if autocast else None
+  B, T = spec["batch"], spec["seq"]
+  ids = torch.from_numpy(np.random.default_rng(0).integers(0, hf_config.vocab_size, (B, T + 1))).to(device)
+  inputs, labels = ids[:, :T], ids[:, 1:]
+
+  def train_step():
+    with torch.autocast(device, dtype=amp_dtype, enabled=autocast):
+      logits = model(input_ids=inputs).logits
+    loss = torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1))
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return loss
+
+  step = torch.compile(train_step) if compiled else train_step
+  times, compile_s = [], None
+  for i in range(spec["warmup"] + spec["steps"]):
+    if device == "cuda":
+      torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    loss = float(step())
+    if device == "cuda":
+      torch.cuda.synchronize()
+    if i == 0 and compiled:
+      compile_s = time.perf_counter() - t0
+    if i >= spec["warmup"]:
+      times.append(time.perf_counter() - t0)
+  step_s = float(np.median(times))
+  peak_mb = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else _peak_rss_mb()
+  return {"framework": "torch-compile" if compiled else "torch-eager",
+          "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
+          "tokens_per_sec": B * T / step_s, "step_ms": step_s * 1e3, "peak_mem_mb": peak_mb,
+          "compile_s": compile_s, "mfu": None, "loss_first": loss,
+          "params": sum(p.numel() for p in model.parameters()),
+          "attention": getattr(hf_config, "_attn_implementation", None), "torch_threads": torch.get_num_threads()}
+
+
+# ------------------------------------------------------------------------------------------
+# Driver
+# ------------------------------------------------------------------------------------------
+def _worker(framework: str, spec: dict, timeout: float) -> dict:
+  cmd = [sys.executable, os.path.abspath(__file__), "--worker", framework, "--spec", json.dumps(spec)]
+  try:
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+  except subprocess.TimeoutExpired:
+    return {"framework": framework, "error": f"timed out after {timeout:.0f}s"}
+  lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+  if proc.returncode != 0 or not lines:
+    tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+    return {"framework": framework, "error": " | ".join(tail)[-300:]}
+  return json.loads(lines[-1])
+
+
+def _fmt(value, spec=",.0f"):
+  return "-" if value is None else format(value, spec)
+
+
+def table(results: list[dict], baseline: str = "torch-eager") -> str:
+  base = next((r for r in results if r.get("framework") == baseline and "error" not in r), None)
+  rows = ["| framework | tokens/s | step ms | peak MB | compile s | MFU | vs " + baseline + " |",
+          "|---|---|---|---|---|---|---|"]
+  for r in results:
+    if "error" in r:
+      rows.append(f"| {r['framework']} | error: {r['error']} | | | | | |")
+      continue
+    ratio = r["tokens_per_sec"] / base["tokens_per_sec"] if base else None
+    rows.append(f"| {r['framework']} | {_fmt(r['tokens_per_sec'])} | {_fmt(r['step_ms'], '.1f')} | "
+                f"{_fmt(r['peak_mem_mb'])} | {_fmt(r.get('compile_s'), '.1f')} | "
+                f"{_fmt(r.get('mfu'), '.1%')} | {_fmt(ratio, '.2f')}x |")
+  return "\n".join(rows)
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  p.add_argument("--preset", default=None, choices=sorted(PRESETS),
+                 help="default: cpu-moe on CPU, gpu-moe on GPU")
+  p.add_argument("--frameworks", default=",".join(FRAMEWORKS))
+  p.add_argument("--steps", type=int)
+  p.add_argument("--warmup", type=int)
+  p.add_argument("--batch", type=int)
+  p.add_argument("--seq", type=int)
+  p.add_argument("--timeout", type=float, default=900, help="seconds per framework")
+  p.add_argument("--out", default=os.environ.get("OUT"), help="directory for results (json, md)")
+  p.add_argument("--worker", help=argparse.SUPPRESS)
+  p.add_argument("--spec", help=argparse.SUPPRESS)
+  args = p.parse_args(argv)
+
+  if args.worker:
+    spec = json.loads(args.spec)
+    result = run_jaxtrain(spec) if args.worker == "jaxtrain" else run_torch(spec, args.worker == "torch-compile")
+    print(json.dumps(result))
+    return 0
+
+  if args.preset is None:
+    import jax
+    args.preset = "cpu-moe" if jax.default_backend() == "cpu" else "gpu-moe"
+  spec = dict(PRESETS[args.preset])
+  for key in ("steps", "warmup", "batch", "seq"):
+    if getattr(args, key) is not None:
+      spec[key] = getattr(args, key)
+  frameworks = [f for f in args.frameworks.split(",") if f]
+  unknown = set(frameworks) - set(FRAMEWORKS)
+  if unknown:
+    p.error(f"unknown frameworks {sorted(unknown)}; choose from {FRAMEWORKS}")
+  print(f"preset {args.preset}: batch {spec['batch']} x seq {spec['seq']}, {spec['dtype']}, "
+        f"{spec['steps']} timed steps after {spec['warmup']} warm-up", flush=True)
+  results = []
+  for framework in frameworks:
+    r = _worker(framework, spec, args.timeout)
+    results.append(r)
+    print(f"  {framework}: " + (r.get("error") or f"{r['tokens_per_sec']:,.0f} tokens/s, {r['step_ms']:.1f} ms/step"),
+          flush=True)
+  text = table(results)
+  print(text)
+  if args.out:
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, f"bench_train_{args.preset}.json"), "w") as f:
+      json.dump({"preset": args.preset, "spec": spec, "results": results}, f, indent=2)
+    with open(os.path.join(args.out, f"bench_train_{args.preset}.md"), "w") as f:
+      f.write(text + "\n")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
