@@ -80,11 +80,13 @@ def hf_config_for(model_cfg, *, dtype: str, base: dict | None = None) -> dict:
   from jaxtrain.models.config import ModelConfig
   if base is not None:
     try:
-      same = not hf_config.signature_diff(model_cfg, ModelConfig.from_config(hf_config.from_hf(base)))
+      same = (base.get("model_type") == model_cfg.arch
+              and not hf_config.signature_diff(model_cfg, ModelConfig.from_config(hf_config.from_hf(base))))
     except ConversionError:
       same = False
     if same:
       hf = dict(base)
+      hf.pop("quantization_config", None)  # the export holds dequantized weights
       hf["dtype"] = dtype
       if "torch_dtype" in hf:
         hf["torch_dtype"] = dtype
@@ -101,10 +103,14 @@ def hf_config_for(model_cfg, *, dtype: str, base: dict | None = None) -> dict:
 
 def save_hf(params, model_cfg, out: str, *, dtype: str = "float32", base_config: dict | None = None,
             copy_files_from: str | None = None, max_shard_size: str | int = "5GB", force: bool = False,
-            progress: bool | None = None) -> str:
-  """Writes parameters (an nnx.State or a `Decoder`) as a Hugging Face directory."""
+            progress: bool | None = None, model_state=None) -> str:
+  """Writes parameters (an nnx.State or a `Decoder`) as a Hugging Face directory. Model state
+  (the DeepSeek routers' score-correction biases) comes from the `Decoder`, from `params` when
+  it holds it, or from `model_state`."""
   if isinstance(params, nnx.Module):
-    params = nnx.state(params, nnx.Param)
+    params = nnx.state(params)  # parameters and model state
+  if model_state is not None:
+    params = nnx.from_flat_state(list(nnx.to_flat_state(params)) + list(nnx.to_flat_state(model_state)))
   out_dtype = numpy_dtype(dtype)
   dtype_name = {np.dtype(np.float32): "float32", np.dtype(np.float16): "float16"}.get(out_dtype, "bfloat16")
   hf = hf_config_for(model_cfg, dtype=dtype_name, base=base_config)
@@ -197,13 +203,17 @@ def save_params_checkpoint(directory: str, params, config: dict, step: int = 0) 
   {"params": ...}, data, config). Written uncompressed: tensorstore's compressed writer buffers
   a second copy of the arrays in host memory, and trained weights barely compress."""
   import orbax.checkpoint as ocp
+
+  from jaxtrain.converters.load import split_variables
+  params, model_state = split_variables(params)
+  item = {"params": params} if model_state is None else {"params": params, "model_state": model_state}
   manager = ocp.CheckpointManager(
       directory, options=ocp.CheckpointManagerOptions(enable_async_checkpointing=False, create=True),
       item_names=("state", "data", "config"),
       item_handlers={"state": ocp.PyTreeCheckpointHandler(use_compression=False),
                      "data": ocp.JsonCheckpointHandler(), "config": ocp.JsonCheckpointHandler()})
   try:
-    manager.save(step, args=ocp.args.Composite(state=ocp.args.PyTreeSave({"params": params}),
+    manager.save(step, args=ocp.args.Composite(state=ocp.args.PyTreeSave(item),
                                                data=ocp.args.JsonSave({"iterator": None}),
                                                config=ocp.args.JsonSave(config)), force=True)
     manager.wait_until_finished()

@@ -23,15 +23,24 @@ from jaxtrain.converters.errors import ConversionError, format_problems
 
 log = logging.getLogger("jaxtrain.converters")
 
-FAMILIES = ("qwen3", "qwen3_moe", "llama", "mixtral", "qwen2_moe")
+FAMILIES = ("qwen3", "qwen3_moe", "llama", "mixtral", "qwen2_moe", "deepseek_v3", "gpt_oss")
 ARCHITECTURES = {
     "qwen3": "Qwen3ForCausalLM",
     "qwen3_moe": "Qwen3MoeForCausalLM",
     "llama": "LlamaForCausalLM",
     "mixtral": "MixtralForCausalLM",
     "qwen2_moe": "Qwen2MoeForCausalLM",
+    "deepseek_v3": "DeepseekV3ForCausalLM",
+    "gpt_oss": "GptOssForCausalLM",
 }
-MOE_FAMILIES = ("qwen3_moe", "mixtral", "qwen2_moe")
+MOE_FAMILIES = ("qwen3_moe", "mixtral", "qwen2_moe", "deepseek_v3", "gpt_oss")
+# model_types read as another family (same architecture, other sizes): Kimi-K2 releases name
+# themselves kimi_k2 and run DeepseekV3ForCausalLM.
+ALIASES = {"kimi_k2": "deepseek_v3"}
+# Storage formats import dequantizes (converters/dequant.py), per family.
+QUANTIZATION = {"deepseek_v3": ("fp8",), "gpt_oss": ("mxfp4",)}
+GPT_OSS_DEFAULT_ROPE = {"rope_type": "yarn", "factor": 32.0, "beta_fast": 32.0, "beta_slow": 1.0, "truncate": False,
+                        "original_max_position_embeddings": 4096}
 
 # Defaults of the transformers 5 config classes for optional fields (None = hidden // heads).
 FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -49,6 +58,15 @@ FAMILY_DEFAULTS: dict[str, dict[str, Any]] = {
                       tie_word_embeddings=False, max_position_embeddings=32768, use_sliding_window=False,
                       sliding_window=4096, max_window_layers=28, decoder_sparse_step=1, norm_topk_prob=False,
                       mlp_only_layers=[], qkv_bias=True),
+    "deepseek_v3": dict(rms_norm_eps=1e-6, rope_theta=10000.0, attention_bias=False, hidden_act="silu",
+                        tie_word_embeddings=False, max_position_embeddings=4096, intermediate_size=18432,
+                        moe_intermediate_size=2048, n_shared_experts=1, n_routed_experts=256,
+                        routed_scaling_factor=2.5, kv_lora_rank=512, q_lora_rank=1536, qk_rope_head_dim=64,
+                        v_head_dim=128, qk_nope_head_dim=128, n_group=8, topk_group=4, num_experts_per_tok=8,
+                        first_k_dense_replace=3, norm_topk_prob=True, rope_interleave=True, num_key_value_heads=128),
+    "gpt_oss": dict(head_dim=64, rms_norm_eps=1e-5, rope_theta=150000.0, attention_bias=True, hidden_act="silu",
+                    tie_word_embeddings=False, max_position_embeddings=131072, sliding_window=128,
+                    num_experts_per_tok=4, swiglu_alpha=1.702, swiglu_limit=7.0, num_local_experts=128),
 }
 
 ACTIVATIONS_IN = {"silu": "silu", "swish": "silu", "gelu": "gelu", "gelu_pytorch_tanh": "gelu_tanh",
@@ -70,6 +88,7 @@ HARMLESS = {
     "exponential_decay_length_penalty", "suppress_tokens", "begin_suppress_tokens", "tf_legacy_loss",
     "auto_map", "pretraining_tp",  # pretraining_tp: ignored by transformers 5 modeling
     "attention_dropout", "router_jitter_noise", "mlp_bias", "qkv_bias", "use_sliding_window",  # checked explicitly
+    "aux_loss_alpha", "seq_aux", "ep_size",  # DeepSeek training-time settings
 }
 
 ROPE_KEYS = {"rope_type", "type", "rope_theta", "factor", "low_freq_factor", "high_freq_factor",
@@ -79,7 +98,7 @@ ROPE_KEYS = {"rope_type", "type", "rope_theta", "factor", "low_freq_factor", "hi
 # Fields of the `model` section that come from the HF config (the rest are training choices:
 # dtype, param_dtype, remat, moe_impl, capacity_factor, aux_loss_weight, z_loss_weight, init_from).
 TRAINING_FIELDS = ("init_from", "dtype", "param_dtype", "remat", "moe_impl", "capacity_factor", "aux_loss_weight",
-                   "z_loss_weight")
+                   "z_loss_weight", "seq_aux_loss_weight", "router_bias_update_rate")
 
 
 def is_hf_dir(path: str) -> bool:
@@ -200,14 +219,21 @@ def _rope(r: _Reader, max_pos: int) -> tuple[float, dict]:
 def from_hf(hf: dict, *, source: str = "config.json") -> dict:
   """HF config dict -> architecture fields of the jaxtrain `model` section."""
   family = hf.get("model_type")
+  if family in ALIASES:
+    log.info("%s: model_type %r is read as %s (same architecture)", source, family, ALIASES[family])
+    family = ALIASES[family]
   if family not in FAMILIES:
-    raise ConversionError(f"{source}: model_type {family!r} is not supported (supported: {', '.join(FAMILIES)})")
+    raise ConversionError(f"{source}: model_type {family!r} is not supported (supported: "
+                          f"{', '.join(FAMILIES + tuple(ALIASES))})")
+  if family == "gpt_oss" and not hf.get("rope_parameters") and not hf.get("rope_scaling"):
+    hf = {**hf, "rope_parameters": {"rope_theta": hf.get("rope_theta", FAMILY_DEFAULTS["gpt_oss"]["rope_theta"]),
+                                    **GPT_OSS_DEFAULT_ROPE}}  # what transformers assumes
   r = _Reader(hf, family, source)
   r.used.add("model_type")
   hidden = int(r.required("hidden_size"))
   heads = int(r.required("num_attention_heads"))
   layers = int(r.required("num_hidden_layers"))
-  if family == "llama" or (family == "mixtral" and "num_key_value_heads" in hf):
+  if family in ("llama", "deepseek_v3") or (family == "mixtral" and "num_key_value_heads" in hf):
     kv = int(r.get("num_key_value_heads", heads))
   else:
     kv = int(r.required("num_key_value_heads"))
@@ -256,7 +282,16 @@ def from_hf(hf: dict, *, source: str = "config.json") -> dict:
     r.unsupported("attention_dropout", "attention dropout is not implemented; set it to 0.0 to train without it")
   if float(hf.get("router_jitter_noise") or 0.0) > 0:
     r.unsupported("router_jitter_noise", "router jitter is not implemented; set it to 0.0 to train without it")
-  for key in ("quantization_config", "final_logit_softcapping", "attn_logit_softcapping", "logits_scaling",
+  quant = hf.get("quantization_config")
+  r.used.add("quantization_config")
+  if quant:
+    method = quant.get("quant_method") if isinstance(quant, dict) else None
+    if method not in QUANTIZATION.get(family, ()):
+      r.unsupported("quantization_config", f"quant_method {method!r} is not supported for {family} (import "
+                    f"dequantizes: {', '.join(f'{k}: {v[0]}' for k, v in QUANTIZATION.items())})")
+    elif method == "fp8" and quant.get("fmt", "e4m3") != "e4m3":
+      r.unsupported("quantization_config", f"fp8 format {quant.get('fmt')!r} is not supported (e4m3 only)")
+  for key in ("final_logit_softcapping", "attn_logit_softcapping", "logits_scaling",
               "embedding_multiplier", "residual_multiplier", "attention_multiplier"):
     if hf.get(key) is not None:
       r.unsupported(key, "not supported")
@@ -327,6 +362,10 @@ def from_hf(hf: dict, *, source: str = "config.json") -> dict:
       num = 0
     section.update(num_experts=int(num), num_experts_per_tok=int(r.required("num_experts_per_tok")),
                    moe_intermediate_size=section["intermediate_size"], norm_topk_prob=True)
+  elif family == "deepseek_v3":
+    _deepseek_v3(r, section, heads, kv)
+  elif family == "gpt_oss":
+    _gpt_oss(r, section, layers)
   if section["num_experts"] == 0 or family not in MOE_FAMILIES:
     # Dense model: MoE-only fields at neutral values.
     section.update(num_experts=0, num_experts_per_tok=1, moe_intermediate_size=0, mlp_only_layers=(),
@@ -338,6 +377,72 @@ def from_hf(hf: dict, *, source: str = "config.json") -> dict:
   if unknown:
     log.warning("%s: ignoring config keys not known to change %s numerics: %s", source, family, ", ".join(unknown))
   return section
+
+
+def _deepseek_v3(r: _Reader, section: dict, heads: int, kv: int) -> None:
+  """MLA attention, sigmoid group-limited routing with shared experts, first_k_dense_replace
+  dense layers. Multi-token-prediction layers (num_nextn_predict_layers) are not part of the
+  forward pass; their weights are skipped on import (see load.py)."""
+  hf = r.hf
+  if kv != heads:
+    r.unsupported("num_key_value_heads", f"MLA expands keys/values for every head; must equal "
+                  f"num_attention_heads={heads}")
+  for key, allowed in (("scoring_func", ("sigmoid",)), ("topk_method", ("noaux_tc",)), ("moe_layer_freq", (1,))):
+    r.used.add(key)
+    if hf.get(key) is not None and hf[key] not in allowed:
+      r.unsupported(key, f"only {allowed[0]!r} is supported (DeepSeek-V3 routing)")
+  q_lora = hf["q_lora_rank"] if "q_lora_rank" in hf else r.defaults["q_lora_rank"]
+  r.used.add("q_lora_rank")
+
+  def group(key):
+    r.used.add(key)
+    if key in hf and hf[key] is None:
+      return 1  # no group limit
+    return int(r.get(key))
+
+  num = hf.get("n_routed_experts", hf.get("num_local_experts"))
+  num = r.defaults["n_routed_experts"] if num is None else int(num)
+  moe_inter = int(r.get("moe_intermediate_size"))
+  shared = int(r.get("n_shared_experts") or 0)
+  bias = bool(r.get("attention_bias"))
+  section.update(
+      attention="mla", num_kv_heads=heads, qk_norm=False, attention_bias=bias, attention_out_bias=bias,
+      q_lora_rank=int(q_lora or 0), kv_lora_rank=int(r.get("kv_lora_rank")),
+      qk_nope_head_dim=int(r.get("qk_nope_head_dim")), qk_rope_head_dim=int(r.get("qk_rope_head_dim")),
+      v_head_dim=int(r.get("v_head_dim")), rope_interleave=bool(r.get("rope_interleave")),
+      num_experts=num, num_experts_per_tok=int(r.get("num_experts_per_tok")), moe_intermediate_size=moe_inter,
+      norm_topk_prob=bool(r.get("norm_topk_prob")), first_k_dense=int(r.get("first_k_dense_replace") or 0),
+      router="sigmoid_group", n_group=group("n_group"), topk_group=group("topk_group"),
+      routed_scaling_factor=float(r.get("routed_scaling_factor")),
+      shared_expert_intermediate_size=moe_inter * shared, shared_expert_gate=False,
+      intermediate_size=int(r.get("intermediate_size")))
+  section["head_dim"] = section["qk_nope_head_dim"] + section["qk_rope_head_dim"]
+  r.used.update({"n_routed_experts", "num_local_experts", "num_nextn_predict_layers", "num_mtp_layers", "qk_head_dim",
+                 "head_dim"})
+  if num and section["n_group"] and num % section["n_group"]:
+    r.unsupported("n_group", f"must divide n_routed_experts={num}")
+
+
+def _gpt_oss(r: _Reader, section: dict, layers: int) -> None:
+  """Biased attention with sinks, sliding/full layers, biased top-k-then-softmax router, experts
+  with biases and the clamped SwiGLU."""
+  hf = r.hf
+  bias = bool(r.get("attention_bias"))
+  window = r.get("sliding_window")
+  types = hf.get("layer_types") or ["sliding_attention" if (i + 1) % 2 else "full_attention" for i in range(layers)]
+  if len(types) != layers or any(t not in ("full_attention", "sliding_attention") for t in types):
+    r.problems.append(f"layer_types={types!r}: expected {layers} entries of full_attention/sliding_attention")
+  elif window and "sliding_attention" in types:
+    section.update(sliding_window=int(window), layer_types=tuple(types))
+  num = hf.get("num_local_experts", hf.get("num_experts"))
+  r.used.update({"num_local_experts", "num_experts"})
+  if num is None:
+    num = r.defaults["num_local_experts"]
+  section.update(
+      attention_bias=bias, attention_out_bias=bias, attention_sinks=True, num_experts=int(num),
+      num_experts_per_tok=int(r.get("num_experts_per_tok")), moe_intermediate_size=section["intermediate_size"],
+      norm_topk_prob=True, router="topk_softmax", expert_bias=True, expert_activation="clamped_swiglu",
+      swiglu_alpha=float(r.get("swiglu_alpha")), swiglu_limit=float(r.get("swiglu_limit")))
 
 
 # -- ModelConfig -> HF -------------------------------------------------------------------------
@@ -358,8 +463,10 @@ def _rope_out(cfg) -> tuple[dict, dict | None]:
              "beta_fast": rs.beta_fast, "beta_slow": rs.beta_slow, "truncate": rs.truncate}
     if rs.attention_factor:
       extra["attention_factor"] = rs.attention_factor
-    if rs.mscale and rs.mscale_all_dim:
-      extra.update(mscale=rs.mscale, mscale_all_dim=rs.mscale_all_dim)
+    if rs.mscale:
+      extra["mscale"] = rs.mscale
+    if rs.mscale_all_dim:
+      extra["mscale_all_dim"] = rs.mscale_all_dim
   else:
     raise ConversionError(f"model.rope_scaling.type={rs.type!r} cannot be exported")
   return ({"rope_type": rs.type, "rope_theta": cfg.rope_theta, **extra},
@@ -427,6 +534,22 @@ def to_hf(cfg, *, dtype: str = "float32") -> dict:
     hf.update(intermediate_size=cfg.moe_intermediate_size, num_local_experts=cfg.num_experts,
               num_experts_per_tok=cfg.num_experts_per_tok, router_jitter_noise=0.0,
               router_aux_loss_coef=cfg.aux_loss_weight, output_router_logits=False)
+  if family == "deepseek_v3":
+    inter = cfg.moe_intermediate_size or 1
+    hf.update(num_key_value_heads=cfg.num_heads, head_dim=cfg.qk_rope_head_dim, q_lora_rank=cfg.q_lora_rank or None,
+              kv_lora_rank=cfg.kv_lora_rank, qk_nope_head_dim=cfg.qk_nope_head_dim,
+              qk_rope_head_dim=cfg.qk_rope_head_dim, v_head_dim=cfg.v_head_dim, rope_interleave=cfg.rope_interleave,
+              attention_bias=cfg.attention_bias, n_routed_experts=cfg.num_experts,
+              num_experts_per_tok=cfg.num_experts_per_tok, moe_intermediate_size=cfg.moe_intermediate_size,
+              n_shared_experts=cfg.shared_expert_intermediate_size // inter, first_k_dense_replace=cfg.first_k_dense,
+              n_group=cfg.n_group, topk_group=cfg.topk_group, routed_scaling_factor=cfg.routed_scaling_factor,
+              norm_topk_prob=cfg.norm_topk_prob, num_nextn_predict_layers=0, output_router_logits=False)
+  if family == "gpt_oss":
+    hf.update(attention_bias=cfg.attention_bias, sliding_window=window or None,
+              layer_types=["sliding_attention" if w else "full_attention" for w in windows],
+              num_local_experts=cfg.num_experts, num_experts_per_tok=cfg.num_experts_per_tok,
+              intermediate_size=cfg.moe_intermediate_size, swiglu_alpha=cfg.swiglu_alpha,
+              swiglu_limit=cfg.swiglu_limit, router_aux_loss_coef=cfg.aux_loss_weight, output_router_logits=False)
   check_representable(cfg, hf)
   return hf
 
@@ -449,7 +572,7 @@ def arch_signature(cfg) -> dict[str, Any]:
   from jaxtrain.models.rope import inv_frequencies
   n = cfg.num_layers
   moe = tuple(cfg.is_moe_layer(i) for i in range(n))
-  inv_freq, attn_factor = inv_frequencies(cfg.resolved_head_dim, cfg.rope_theta, cfg.rope_scaling,
+  inv_freq, attn_factor = inv_frequencies(cfg.rope_dim, cfg.rope_theta, cfg.rope_scaling,
                                           cfg.max_position_embeddings)
   sig: dict[str, Any] = {
       "arch": cfg.arch,
@@ -469,15 +592,28 @@ def arch_signature(cfg) -> dict[str, Any]:
       "tie_word_embeddings": cfg.tie_word_embeddings,
       "sliding_window/layer_types": tuple(cfg.layer_window(i) for i in range(n)),
       "num_experts/decoder_sparse_step/mlp_only_layers/first_k_dense": moe,
+      "attention": cfg.attention,
   }
+  if cfg.attention == "mla":
+    from jaxtrain.models.mla import softmax_scale
+    del sig["num_kv_heads"], sig["head_dim"]
+    sig.update(q_lora_rank=cfg.q_lora_rank, kv_lora_rank=cfg.kv_lora_rank, qk_nope_head_dim=cfg.qk_nope_head_dim,
+               qk_rope_head_dim=cfg.qk_rope_head_dim, v_head_dim=cfg.v_head_dim, rope_interleave=cfg.rope_interleave)
+    sig["rope_scaling.mscale_all_dim"] = softmax_scale(cfg)
   if not all(moe):
     sig["intermediate_size"] = cfg.intermediate_size
   if any(moe):
     sig.update(num_experts=cfg.num_experts, num_experts_per_tok=cfg.num_experts_per_tok,
                moe_intermediate_size=cfg.moe_intermediate_size, router=cfg.router,
                shared_expert_intermediate_size=cfg.shared_expert_intermediate_size)
-    if cfg.router == "softmax_topk":
+    if cfg.router in ("softmax_topk", "sigmoid_group"):
       sig["norm_topk_prob"] = cfg.norm_topk_prob
+    if cfg.router == "sigmoid_group":
+      sig.update(n_group=cfg.n_group, topk_group=cfg.topk_group)
+    sig.update(routed_scaling_factor=cfg.routed_scaling_factor, expert_bias=cfg.expert_bias,
+               expert_activation=cfg.expert_activation)
+    if cfg.expert_activation == "clamped_swiglu":
+      sig.update(swiglu_alpha=cfg.swiglu_alpha, swiglu_limit=cfg.swiglu_limit)
     if cfg.shared_expert_intermediate_size:
       sig["shared_expert_gate"] = cfg.shared_expert_gate
   return sig

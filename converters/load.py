@@ -15,6 +15,12 @@ file and shapes. Then, per parameter:
 
 So host memory holds the final parameters plus a bounded working set (one block, or one small
 parameter), whatever the model size; see experiments/import_memory.py.
+
+Quantized releases (DeepSeek-V3 / Kimi-K2 FP8 block scales, GPT-OSS MXFP4 experts) are read
+through `dequant.DequantizedWeights`, which dequantizes each row block to float32 as it is
+read, so the same bound holds. Non-trainable model state the checkpoint carries (the DeepSeek
+routers' `e_score_correction_bias`) is loaded like a parameter into `ModelState` variables;
+multi-token-prediction layers (`num_nextn_predict_layers`) are skipped with a notice.
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ import numpy as np
 from flax import nnx
 
 from jaxtrain.config import ConfigError
-from jaxtrain.converters import hf_config, tables
+from jaxtrain.converters import dequant, hf_config, tables
 from jaxtrain.converters.errors import ConversionError, format_problems
 from jaxtrain.converters.safetensors_io import DTYPES, WeightDir
 
@@ -78,22 +84,45 @@ def default_mesh():
   return mesh_lib.make_mesh(ConfigDict(mesh_lib.defaults().to_dict()))
 
 
-def abstract_and_shardings(model_cfg, params_sharding=None, mesh=None):
-  """(graphdef, abstract params, other state, {path: abstract var}, {path: sharding})."""
+def _flat_shardings(shardings) -> dict:
+  if isinstance(shardings, dict) and not isinstance(shardings, nnx.State):
+    return dict(shardings)
+  return {path: var.get_value() if isinstance(var, nnx.Variable) else var
+          for path, var in nnx.to_flat_state(shardings)}
+
+
+def abstract_and_shardings(model_cfg, params_sharding=None, mesh=None, state_sharding=None):
+  """(graphdef, abstract params, abstract model state, {path: abstract var}, {path: sharding});
+  the flat maps cover the parameters and the non-trainable model state (`ModelState`)."""
   from jaxtrain.train import state as state_lib
   graphdef, abstract, rest = state_lib.abstract_model(model_cfg)
   if params_sharding is None:
-    params_sharding = state_lib.param_shardings(abstract, mesh if mesh is not None else default_mesh())
+    mesh = mesh if mesh is not None else default_mesh()
+    params_sharding = state_lib.param_shardings(abstract, mesh)
   flat_abstract = {path: var for path, var in nnx.to_flat_state(abstract)}
-  if isinstance(params_sharding, dict) and not isinstance(params_sharding, nnx.State):
-    flat_sh = dict(params_sharding)
-  else:
-    flat_sh = {path: var.get_value() if isinstance(var, nnx.Variable) else var
-               for path, var in nnx.to_flat_state(params_sharding)}
+  flat_sh = _flat_shardings(params_sharding)
   if set(flat_abstract) != set(flat_sh):
     raise ConfigError("params_sharding does not match the model's parameters: "
                       f"{sorted(set(flat_abstract) ^ set(flat_sh))[:5]}")
+  flat_rest = {path: var for path, var in nnx.to_flat_state(rest)}
+  if flat_rest:
+    if state_sharding is None:
+      if mesh is None:  # the mesh of the given parameter shardings
+        mesh = next((sh.mesh for sh in flat_sh.values() if hasattr(sh, "mesh")), None) or default_mesh()
+      state_sharding = state_lib.param_shardings(rest, mesh)
+    flat_rest_sh = _flat_shardings(state_sharding)
+    if set(flat_rest) != set(flat_rest_sh):
+      raise ConfigError("state_sharding does not match the model's state: "
+                        f"{sorted(set(flat_rest) ^ set(flat_rest_sh))[:5]}")
+    flat_abstract.update(flat_rest)
+    flat_sh.update(flat_rest_sh)
   return graphdef, abstract, rest, flat_abstract, flat_sh
+
+
+def split_variables(variables: nnx.State) -> tuple[nnx.State, nnx.State | None]:
+  """(parameters, model state or None when the model has none) of a loaded State."""
+  params, rest = nnx.split_state(variables, nnx.Param, ...)
+  return params, (rest if jax.tree.leaves(rest) else None)
 
 
 def _state_from(flat_abstract: dict, arrays: dict) -> nnx.State:
@@ -108,8 +137,7 @@ def _zeros_fn(shape, dtype, sharding):
 @functools.lru_cache(maxsize=None)
 def _chunk_update_fn(sharding, layout: str, chunk_sshape: tuple, ushape: tuple, dtype):
   def update(a, u, starts):
-    v = u.T if layout in ("t1", "t2") else u
-    v = v.reshape(chunk_sshape).astype(dtype).reshape(ushape)
+    v = tables.to_param(layout, u, chunk_sshape, xp=jnp).astype(dtype).reshape(ushape)
     return jax.lax.dynamic_update_slice(a, v, starts)
   return jax.jit(update, donate_argnums=0, out_shardings=sharding)
 
@@ -166,9 +194,17 @@ def check_config_matches(model_cfg, path: str) -> Any:
   return other
 
 
+def _mtp_layer(key: str, num_layers: int, mtp_layers: int) -> bool:
+  """A tensor of a multi-token-prediction layer (stored as model.layers.{num_layers + i}.*)."""
+  parts = key.split(".")
+  return (mtp_layers > 0 and len(parts) > 2 and parts[:2] == ["model", "layers"] and parts[2].isdigit()
+          and num_layers <= int(parts[2]) < num_layers + mtp_layers)
+
+
 def validate_weights(weights: WeightDir, entries: list[tables.Entry], fam: tables.Family,
-                     shapes: dict[tuple, tuple], model_cfg) -> None:
+                     shapes: dict[tuple, tuple], model_cfg, *, mtp_layers: int = 0) -> None:
   problems = []
+  skipped_mtp = []
   expected = {e.key for e in entries}
   for e in entries:
     info = weights.infos.get(e.key)
@@ -179,9 +215,16 @@ def validate_weights(weights: WeightDir, entries: list[tables.Entry], fam: table
       problems.append(f"{e.key} in {os.path.basename(info.file)}: shape {list(info.shape)}, expected {list(want)}")
     elif info.dtype not in FLOAT_CODES:
       problems.append(f"{e.key} in {os.path.basename(info.file)}: dtype {info.dtype} is not a float type "
-                      f"(quantized checkpoints are not supported)")
+                      f"(quantized tensors are read only as FP8 with a {e.key}{dequant.SCALE_SUFFIX} block-scale "
+                      f"tensor, or as MXFP4 _blocks/_scales pairs)")
   for key, info in weights.infos.items():
     if key in expected or fam.ignorable(key):
+      continue
+    if _mtp_layer(key, model_cfg.num_layers, mtp_layers):
+      skipped_mtp.append(key)
+      continue
+    if math.prod(info.shape) == 0:
+      log.info("%s: %s holds no values (shape %s); skipped", info.file, key, list(info.shape))
       continue
     if key == "lm_head.weight" and model_cfg.tie_word_embeddings:
       log.info("%s: tie_word_embeddings is set, so lm_head.weight is not used (as in transformers)", info.file)
@@ -190,18 +233,30 @@ def validate_weights(weights: WeightDir, entries: list[tables.Entry], fam: table
   if problems:
     raise ConversionError(format_problems(
         f"{weights.directory}: the weights do not match the {model_cfg.arch} config:", problems))
+  if skipped_mtp:
+    layers = sorted({int(k.split(".")[2]) for k in skipped_mtp})
+    log.warning("%s: skipping %d tensors of %d multi-token-prediction layer(s) (model.layers.%s.*): MTP is not "
+                "a training objective here and not part of the forward pass (transformers skips them too); an "
+                "export will not contain them", weights.directory, len(skipped_mtp), len(layers),
+                ",".join(map(str, layers)))
 
 
-def load_hf_params(hf_dir: str, model_cfg, params_sharding=None, *, mesh=None, progress: bool | None = None):
-  """nnx.State of parameters for `model_cfg` from a Hugging Face directory."""
+def load_hf_params(hf_dir: str, model_cfg, params_sharding=None, *, mesh=None, progress: bool | None = None,
+                   state_sharding=None):
+  """nnx.State of the parameters and the model state (`ModelState`, if the model has any) for
+  `model_cfg` from a Hugging Face directory; `split_variables` separates them."""
   hf_cfg = check_config_matches(model_cfg, hf_dir)
   fam = tables.family(hf_cfg.arch)
+  raw = hf_config.read_hf_config(hf_dir)
   weights = WeightDir(hf_dir)
-  _, _, _, flat_abstract, flat_sh = abstract_and_shardings(model_cfg, params_sharding, mesh)
+  if dequant.quantization_method(raw) or any(i.dtype not in FLOAT_CODES for i in weights.infos.values()):
+    weights = dequant.DequantizedWeights(weights, raw)
+  _, _, _, flat_abstract, flat_sh = abstract_and_shardings(model_cfg, params_sharding, mesh, state_sharding)
   shapes = {p: tuple(v.get_value().shape) for p, v in flat_abstract.items()}
   entries = tables.plan(model_cfg, fam)
   tables.check_coverage(entries, shapes)
-  validate_weights(weights, entries, fam, shapes, model_cfg)
+  mtp = int(raw.get("num_nextn_predict_layers") or raw.get("num_mtp_layers") or 0)
+  validate_weights(weights, entries, fam, shapes, model_cfg, mtp_layers=mtp)
 
   by_param: dict[tuple, list[tables.Entry]] = {}
   for e in entries:
@@ -266,47 +321,59 @@ def checkpoint_model_section(path: str, step: int | None = None) -> tuple[str, i
   return directory, step, dict(saved["model"]), saved
 
 
-def load_checkpoint_params(path: str, model_cfg, params_sharding=None, *, step: int | None = None, mesh=None):
-  """Only the parameters of a jaxtrain checkpoint (a training run's or import-hf's), restored
-  straight into their target shardings; optimizer state is never read."""
+def load_checkpoint_params(path: str, model_cfg, params_sharding=None, *, step: int | None = None, mesh=None,
+                           state_sharding=None):
+  """Only the parameters (and the model state, if the model has any) of a jaxtrain checkpoint
+  (a training run's or import-hf's), restored straight into their target shardings; optimizer
+  state is never read."""
   import orbax.checkpoint as ocp
   check_config_matches(model_cfg, path)
   directory, step, _, _ = checkpoint_model_section(path, step)
-  _, _, _, flat_abstract, flat_sh = abstract_and_shardings(model_cfg, params_sharding, mesh)
+  _, _, _, flat_abstract, flat_sh = abstract_and_shardings(model_cfg, params_sharding, mesh, state_sharding)
   target = _state_from(flat_abstract, {
       p: jax.ShapeDtypeStruct(v.get_value().shape, v.get_value().dtype, sharding=flat_sh[p])
       for p, v in flat_abstract.items()})
+  params_target, state_target = split_variables(target)
+  item = {"params": params_target} if state_target is None else {"params": params_target, "model_state": state_target}
   manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True, create=False),
                                   item_names=("state",))
   try:
     restored = manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.PyTreeRestore(item={"params": target}, partial_restore=True,
-                                     restore_args=ocp.checkpoint_utils.construct_restore_args({"params": target}))))
+        state=ocp.args.PyTreeRestore(item=item, partial_restore=True,
+                                     restore_args=ocp.checkpoint_utils.construct_restore_args(item))))
   except Exception as e:  # noqa: BLE001 - orbax raises many types; name the checkpoint
     raise ConversionError(f"{directory}/{step}: cannot restore the parameters: {e}") from e
   finally:
     manager.close()
-  params = restored["state"]["params"]
-  arrays = {p: v.get_value() if isinstance(v, nnx.Variable) else v for p, v in nnx.to_flat_state(params)}
+  arrays = {}
+  for name in item:
+    arrays.update({p: v.get_value() if isinstance(v, nnx.Variable) else v
+                   for p, v in nnx.to_flat_state(restored["state"][name])})
   return _state_from(flat_abstract, arrays)
 
 
 # -- entry points ----------------------------------------------------------------------------
 
 def load_params(path: str, model_cfg, params_sharding=None, *, step: int | None = None, mesh=None,
-                progress: bool | None = None):
+                progress: bool | None = None, with_state: bool = False, state_sharding=None):
   """Parameters (nnx.State, in `params_sharding`) for `model.init_from=path`: a Hugging Face
   directory or a jaxtrain checkpoint / workdir. The checkpoint's config must describe the same
-  numerics as `model_cfg`, else ConfigError naming the fields."""
+  numerics as `model_cfg`, else ConfigError naming the fields. With `with_state`, returns
+  (params, model state or None) (the model state in `state_sharding`)."""
   path = os.path.expanduser(str(path))
   if not os.path.exists(path):
     raise ConfigError(f"config model.init_from={path}: no such file or directory")
   if hf_config.is_hf_dir(path):
-    return load_hf_params(path, model_cfg, params_sharding, mesh=mesh, progress=progress)
-  if is_checkpoint(path):
-    return load_checkpoint_params(path, model_cfg, params_sharding, step=step, mesh=mesh)
-  raise ConfigError(f"config model.init_from={path}: neither a Hugging Face directory (config.json with a "
-                    f"model_type) nor a jaxtrain checkpoint / workdir")
+    variables = load_hf_params(path, model_cfg, params_sharding, mesh=mesh, progress=progress,
+                               state_sharding=state_sharding)
+  elif is_checkpoint(path):
+    variables = load_checkpoint_params(path, model_cfg, params_sharding, step=step, mesh=mesh,
+                                       state_sharding=state_sharding)
+  else:
+    raise ConfigError(f"config model.init_from={path}: neither a Hugging Face directory (config.json with a "
+                      f"model_type) nor a jaxtrain checkpoint / workdir")
+  params, model_state = split_variables(variables)
+  return (params, model_state) if with_state else params
 
 
 def model_section(path: str, *, step: int | None = None) -> dict:
@@ -331,6 +398,10 @@ def from_pretrained(path: str, dtype: str = "float32", *, mesh=None, step: int |
   section = dict(model_section(path, step=step))
   section.update(dtype=dtype, param_dtype=dtype)
   cfg = ModelConfig.from_config(section)
-  graphdef, _, rest, _, flat_sh = abstract_and_shardings(cfg, mesh=mesh)
-  params = load_params(path, cfg, flat_sh, step=step, mesh=mesh, progress=progress)
-  return nnx.merge(graphdef, params, rest)
+  graphdef, abstract, rest, _, flat_sh = abstract_and_shardings(cfg, mesh=mesh)
+  param_paths = {path for path, _ in nnx.to_flat_state(abstract)}
+  param_sh = {p: sh for p, sh in flat_sh.items() if p in param_paths}
+  state_sh = {p: sh for p, sh in flat_sh.items() if p not in param_paths} or None
+  params, model_state = load_params(path, cfg, param_sh, step=step, mesh=mesh, progress=progress, with_state=True,
+                                    state_sharding=state_sh)
+  return nnx.merge(graphdef, params, rest if model_state is None else model_state)

@@ -10,6 +10,8 @@ transform:
   t1     HF [out, in] -> transpose, reshape to the slice, whose first dim is `in`
          (q/k/v/gate/up/down/router/lm_head: [H*D, E] -> [E, H, D])
   t2     as t1 with the first two slice dims forming `in` (o_proj [E, H*D] -> [H, D, E])
+  pairs  HF [..., 2*I] holding gate/up interleaved (gate_i at 2i, up_i at 2i+1) -> slice
+         [..., 2, I] (GPT-OSS fused expert projections and their biases)
 
 Layers live at `stages/<stage>/blocks/<slot>/...` with the stage's repeat as the leading axis
 (`ModelConfig.layer_location`), experts are stacked on the axis after it, and gate/up
@@ -64,6 +66,11 @@ FEATURES: dict[str, Callable[[Any, Any], bool]] = {
     "moe": lambda cfg, kind: kind.moe,
     "shared_expert": lambda cfg, kind: kind.moe and cfg.shared_expert_intermediate_size > 0,
     "shared_expert_gate": lambda cfg, kind: kind.moe and cfg.shared_expert_intermediate_size > 0 and cfg.shared_expert_gate,
+    "attention_sinks": lambda cfg, kind: cfg.attention_sinks,
+    "q_full": lambda cfg, kind: not cfg.q_lora_rank,
+    "q_lora": lambda cfg, kind: bool(cfg.q_lora_rank),
+    "q_lora_bias": lambda cfg, kind: bool(cfg.q_lora_rank) and cfg.attention_bias,
+    "expert_bias": lambda cfg, kind: kind.moe and cfg.expert_bias,
 }
 
 L = "model.layers.{layer}."
@@ -110,6 +117,44 @@ MIXTRAL_MOE = (
     Rule(L + "block_sparse_moe.experts.{expert}.w3.weight", "moe/gate_up", "t1", (EXPERT, ALL, 1, ALL), when="moe"),
     Rule(L + "block_sparse_moe.experts.{expert}.w2.weight", "moe/down", "t1", (EXPERT,), when="moe"),
 )
+# DeepSeek-V3 / Kimi-K2: multi-head latent attention, sigmoid group-limited router with its
+# score-correction bias (non-trainable model state), per-expert keys, shared experts.
+MLA_ATTENTION = (
+    Rule(L + "input_layernorm.weight", "input_norm/scale"),
+    Rule(L + "self_attn.q_proj.weight", "attn/q_proj", "t1", when="q_full"),
+    Rule(L + "self_attn.q_a_proj.weight", "attn/q_a_proj", "t1", when="q_lora"),
+    Rule(L + "self_attn.q_a_proj.bias", "attn/q_a_bias", when="q_lora_bias"),
+    Rule(L + "self_attn.q_a_layernorm.weight", "attn/q_a_norm/scale", when="q_lora"),
+    Rule(L + "self_attn.q_b_proj.weight", "attn/q_b_proj", "t1", when="q_lora"),
+    Rule(L + "self_attn.kv_a_proj_with_mqa.weight", "attn/kv_a_proj", "t1"),
+    Rule(L + "self_attn.kv_a_proj_with_mqa.bias", "attn/kv_a_bias", when="attention_bias"),
+    Rule(L + "self_attn.kv_a_layernorm.weight", "attn/kv_a_norm/scale"),
+    Rule(L + "self_attn.kv_b_proj.weight", "attn/kv_b_proj", "t1"),
+    Rule(L + "self_attn.o_proj.weight", "attn/o_proj", "t2"),
+    Rule(L + "self_attn.o_proj.bias", "attn/o_bias", when="attention_out_bias"),
+    Rule(L + "post_attention_layernorm.weight", "post_attn_norm/scale"),
+)
+DEEPSEEK_MOE = (
+    Rule(L + "mlp.gate.weight", "moe/router", "t1", when="moe"),
+    Rule(L + "mlp.gate.e_score_correction_bias", "moe/score_bias", when="moe"),
+    Rule(L + "mlp.experts.{expert}.gate_proj.weight", "moe/gate_up", "t1", (EXPERT, ALL, 0, ALL), when="moe"),
+    Rule(L + "mlp.experts.{expert}.up_proj.weight", "moe/gate_up", "t1", (EXPERT, ALL, 1, ALL), when="moe"),
+    Rule(L + "mlp.experts.{expert}.down_proj.weight", "moe/down", "t1", (EXPERT,), when="moe"),
+    Rule(L + "mlp.shared_experts.gate_proj.weight", "moe/shared/gate_up", "t1", (ALL, 0, ALL), when="shared_expert"),
+    Rule(L + "mlp.shared_experts.up_proj.weight", "moe/shared/gate_up", "t1", (ALL, 1, ALL), when="shared_expert"),
+    Rule(L + "mlp.shared_experts.down_proj.weight", "moe/shared/down", "t1", when="shared_expert"),
+)
+# GPT-OSS: biased attention with per-head sinks, biased router, fused experts stored whole per
+# layer ([experts, in, out], gate/up interleaved) with biases.
+GPT_OSS_MOE = (
+    Rule(L + "self_attn.sinks", "attn/sinks", when="attention_sinks"),
+    Rule(L + "mlp.router.weight", "moe/router", "t1", when="moe"),
+    Rule(L + "mlp.router.bias", "moe/router_bias", when="moe"),
+    Rule(L + "mlp.experts.gate_up_proj", "moe/gate_up", "pairs", when="moe"),
+    Rule(L + "mlp.experts.gate_up_proj_bias", "moe/gate_up_bias", "pairs", when="expert_bias"),
+    Rule(L + "mlp.experts.down_proj", "moe/down", when="moe"),
+    Rule(L + "mlp.experts.down_proj_bias", "moe/down_bias", when="expert_bias"),
+)
 # Buffers some older checkpoints carry; they hold nothing a model needs.
 COMMON_IGNORE = (r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq",)
 
@@ -119,6 +164,8 @@ FAMILIES: dict[str, Family] = {
     "qwen3_moe": Family("qwen3_moe", TOP, ATTENTION + DENSE_MLP + QWEN_MOE, COMMON_IGNORE),
     "qwen2_moe": Family("qwen2_moe", TOP, ATTENTION + DENSE_MLP + QWEN_MOE + QWEN2_SHARED_EXPERT, COMMON_IGNORE),
     "mixtral": Family("mixtral", TOP, ATTENTION + MIXTRAL_MOE, COMMON_IGNORE),
+    "deepseek_v3": Family("deepseek_v3", TOP, MLA_ATTENTION + DENSE_MLP + DEEPSEEK_MOE, COMMON_IGNORE),
+    "gpt_oss": Family("gpt_oss", TOP, ATTENTION + GPT_OSS_MOE, COMMON_IGNORE),
 }
 
 
@@ -185,15 +232,22 @@ def hf_shape(layout: str, sshape: tuple) -> tuple:
     return tuple(sshape)
   if layout == "flat":
     return (math.prod(sshape),)
+  if layout == "pairs":
+    if len(sshape) < 2 or sshape[-2] != 2:
+      raise ConversionError(f"internal: layout 'pairs' needs a [..., 2, I] slice, got {list(sshape)}")
+    return tuple(sshape[:-2]) + (2 * sshape[-1],)
   k = {"t1": 1, "t2": 2}[layout]
   return (math.prod(sshape[k:]), math.prod(sshape[:k]))
 
 
-def to_param(layout: str, w: np.ndarray, sshape: tuple) -> np.ndarray:
-  """HF tensor -> the parameter slice (shape `sshape`)."""
+def to_param(layout: str, w, sshape: tuple, xp=np):
+  """HF tensor -> the parameter slice (shape `sshape`); `xp` = numpy or jax.numpy."""
+  contiguous = np.ascontiguousarray if xp is np else (lambda a: a)
   if layout in ("same", "flat"):
     return w.reshape(sshape)
-  return np.ascontiguousarray(w.T).reshape(sshape)
+  if layout == "pairs":
+    return contiguous(xp.swapaxes(w.reshape(tuple(sshape[:-2]) + (sshape[-1], 2)), -1, -2))
+  return contiguous(w.T).reshape(sshape)
 
 
 def to_hf(layout: str, v: np.ndarray) -> np.ndarray:
@@ -202,6 +256,8 @@ def to_hf(layout: str, v: np.ndarray) -> np.ndarray:
     return v
   if layout == "flat":
     return v.reshape(-1)
+  if layout == "pairs":
+    return np.ascontiguousarray(np.swapaxes(v, -1, -2)).reshape(tuple(v.shape[:-2]) + (-1,))
   k = {"t1": 1, "t2": 2}[layout]
   shape = v.shape
   return np.ascontiguousarray(v.reshape(math.prod(shape[:k]), math.prod(shape[k:])).T)
@@ -211,6 +267,8 @@ def chunk_axis(layout: str, sshape: tuple) -> tuple[int, int] | None:
   """(slice dimension, HF rows per index along it) for filling a slice in row blocks of its HF
   tensor: HF rows are the flattened output dims, whose leading one is the chunked dimension."""
   if layout == "same" and len(sshape) >= 1:
+    return 0, 1
+  if layout == "pairs" and len(sshape) > 2:
     return 0, 1
   if layout in ("t1", "t2"):
     k = {"t1": 1, "t2": 2}[layout]

@@ -45,7 +45,13 @@ step kernels_tests 210 env JAX_PLATFORMS=cuda JAXTRAIN_PALLAS_INTERPRET=0 python
 # gmm vs ragged_dot vs dense, attention pallas vs cudnn vs xla; writes bench_kernels.{md,json}.
 step kernels_bench 180 env JAXTRAIN_PALLAS_INTERPRET=0 python3 experiments/bench_kernels.py --out "$LOGDIR"
 
-# --- later sections (bf16 train benchmark, expert exchange check, ...) go here ----------------
+# --- issue 5: expert-parallel exchange -------------------------------------------------------
+# ragged (lax.ragged_all_to_all; XLA:CPU lacks it, so only here) vs padded, forced through the
+# shard_map exchange on a 1-device mesh: MoE layer forward/gradients, the sharded attention
+# wrapper around the Pallas kernel, and 3 train steps of the tiny MoE model. About 1-2 minutes.
+step expert_exchange 150 env JAX_PLATFORMS=cuda JAXTRAIN_PALLAS_INTERPRET=0 python3 experiments/gpu_ep_check.py
+
+# --- later sections (bf16 train benchmark, ...) go here ---------------------------------------
 
 # --- summary ----------------------------------------------------------------------------------
 echo "=== summary ($LOGDIR)"

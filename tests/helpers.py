@@ -11,6 +11,13 @@ import numpy as np
 from jaxtrain.models.config import ModelConfig
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# See tests/conftest.py: compile fast, identically in every process of a test.
+FAST_COMPILE_FLAGS = "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false"
+
+
+def xla_flags(devices: int) -> str:
+  """XLA_FLAGS for a test subprocess with `devices` simulated CPU devices."""
+  return f"--xla_force_host_platform_device_count={devices} {FAST_COMPILE_FLAGS}"
 
 
 def tiny_moe(**changes) -> ModelConfig:
@@ -40,7 +47,7 @@ def random_batch(batch: int, seq: int, vocab: int, *, seed: int = 0, docs_per_ro
 def run_python(code: str, *, devices: int = 1, timeout: int = 600, env=None) -> str:
   """Runs `code` in a fresh interpreter with `devices` simulated CPU devices; returns stdout."""
   full_env = dict(os.environ)
-  full_env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+  full_env["XLA_FLAGS"] = xla_flags(devices)
   full_env["JAX_PLATFORMS"] = "cpu"
   full_env.update(env or {})
   proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout,
@@ -51,10 +58,13 @@ def run_python(code: str, *, devices: int = 1, timeout: int = 600, env=None) -> 
 
 
 def train_curve(mesh: dict, *, steps: int = 5, model: dict | None = None, batch: int = 8, seq: int = 16,
-                micro_batches: int = 1) -> dict:
+                micro_batches: int = 1, devices: int | None = None,
+                expert_exchange: str = "auto") -> dict:
   """Losses and gradient norms of `steps` train steps of a tiny MoE model on fixed random
   batches, under the given mesh sizes (runs in the current process; use `run_python` to
-  simulate devices). Also reports per-device parameter bytes."""
+  simulate devices). Also reports per-device parameter bytes. `devices`: use only the first
+  that many devices (e.g. a 1-device reference inside an 8-device process);
+  `expert_exchange`: mesh.expert_exchange for the MoE layers."""
   import jax
   import jax.numpy as jnp
   from ml_collections import ConfigDict
@@ -71,8 +81,8 @@ def train_curve(mesh: dict, *, steps: int = 5, model: dict | None = None, batch:
   tc = train_defaults()
   tc.global_batch, tc.micro_batches, tc.warmup_steps, tc.steps = batch, micro_batches, 1, steps
   mesh_cfg = ConfigDict({"data": 1, "fsdp": 1, "expert": 1, "sequence": 1, "tensor": 1, **mesh})
-  m = make_mesh(mesh_cfg)
-  with mesh_context(m):
+  m = make_mesh(mesh_cfg, None if devices is None else jax.devices()[:devices])
+  with mesh_context(m, expert_exchange=expert_exchange):
     graphdef, abstract, _ = state_lib.abstract_model(cfg)
     shardings = state_lib.param_shardings(abstract, m)
     tx = make_optimizer(tc)

@@ -14,6 +14,8 @@ ROUTERS = ("softmax_topk", "topk_softmax", "sigmoid_group")
 ROPE_TYPES = ("none", "linear", "llama3", "yarn")
 LAYER_TYPES = ("full_attention", "sliding_attention")
 ACTIVATIONS = ("silu", "gelu", "gelu_tanh", "relu")
+ATTENTIONS = ("gqa", "mla")
+EXPERT_ACTIVATIONS = ("glu", "clamped_swiglu")
 
 
 def rope_defaults() -> ConfigDict:
@@ -56,6 +58,15 @@ def defaults() -> ConfigDict:
       "sliding_window": 0,
       "layer_types": (),  # per layer "full_attention" | "sliding_attention"; () = all full
       "attention_sinks": False,
+      # Attention block: "gqa" (grouped-query) or "mla" (DeepSeek multi-head latent attention,
+      # which reads the MLA fields below and ignores num_kv_heads / head_dim).
+      "attention": "gqa",
+      "q_lora_rank": 0,  # MLA: rank of the query down-projection (0 = full-rank q projection)
+      "kv_lora_rank": 0,  # MLA: rank of the compressed key/value latent
+      "qk_nope_head_dim": 0,  # MLA: per-head query/key dims without rotary embedding
+      "qk_rope_head_dim": 0,  # MLA: per-head query/key dims with rotary embedding (shared key part)
+      "v_head_dim": 0,  # MLA: per-head value dims
+      "rope_interleave": False,  # MLA: rotary dims come as interleaved pairs (DeepSeek checkpoints)
       "tie_word_embeddings": False,
       "initializer_range": 0.02,
       # Mixture of experts (num_experts = 0: every layer dense).
@@ -69,9 +80,23 @@ def defaults() -> ConfigDict:
       "shared_expert_intermediate_size": 0,
       "shared_expert_gate": False,
       "router": "softmax_topk",
+      # sigmoid_group router (DeepSeek-V3): experts in n_group groups, tokens pick among the
+      # topk_group best groups; selection uses sigmoid scores + a score-correction bias.
+      "n_group": 1,
+      "topk_group": 1,
+      "routed_scaling_factor": 1.0,  # multiplies the routing weights of the routed experts
+      # Aux-loss-free balancing: after every train step the score-correction bias of each
+      # sigmoid_group MoE layer moves by this rate towards balance (+rate for underloaded
+      # experts, -rate for overloaded ones); 0 = frozen bias.
+      "router_bias_update_rate": 0.001,
+      "expert_bias": False,  # biases on the routed experts' gate/up and down projections
+      "expert_activation": "glu",  # "glu": activation(gate) * up; "clamped_swiglu": GPT-OSS
+      "swiglu_alpha": 1.702,  # clamped_swiglu: gate * sigmoid(alpha * gate)
+      "swiglu_limit": 7.0,  # clamped_swiglu: gate <= limit, |up| <= limit
       "moe_impl": "dropless",
       "capacity_factor": 1.25,
       "aux_loss_weight": 0.001,
+      "seq_aux_loss_weight": 0.0,  # DeepSeek-V3 sequence-wise balance loss (per sequence row)
       "z_loss_weight": 0.0,
       # Numerics and memory.
       "dtype": "float32",  # compute dtype; params stay in param_dtype (fp32 masters)
@@ -123,6 +148,13 @@ class ModelConfig:
   sliding_window: int = 0
   layer_types: tuple[str, ...] = ()
   attention_sinks: bool = False
+  attention: str = "gqa"
+  q_lora_rank: int = 0
+  kv_lora_rank: int = 0
+  qk_nope_head_dim: int = 0
+  qk_rope_head_dim: int = 0
+  v_head_dim: int = 0
+  rope_interleave: bool = False
   tie_word_embeddings: bool = False
   initializer_range: float = 0.02
   num_experts: int = 8
@@ -135,9 +167,18 @@ class ModelConfig:
   shared_expert_intermediate_size: int = 0
   shared_expert_gate: bool = False
   router: str = "softmax_topk"
+  n_group: int = 1
+  topk_group: int = 1
+  routed_scaling_factor: float = 1.0
+  router_bias_update_rate: float = 0.001
+  expert_bias: bool = False
+  expert_activation: str = "glu"
+  swiglu_alpha: float = 1.702
+  swiglu_limit: float = 7.0
   moe_impl: str = "dropless"
   capacity_factor: float = 1.25
   aux_loss_weight: float = 0.001
+  seq_aux_loss_weight: float = 0.0
   z_loss_weight: float = 0.0
   dtype: str = "float32"
   param_dtype: str = "float32"
@@ -169,6 +210,16 @@ class ModelConfig:
   @property
   def resolved_head_dim(self) -> int:
     return self.head_dim or self.hidden_size // self.num_heads
+
+  @property
+  def rope_dim(self) -> int:
+    """Dimensions the rotary embedding rotates per head."""
+    return self.qk_rope_head_dim if self.attention == "mla" else self.resolved_head_dim
+
+  @property
+  def has_router_state(self) -> bool:
+    """MoE layers carry a score-correction bias (non-trainable model state)."""
+    return self.num_experts > 0 and self.router == "sigmoid_group"
 
   def is_moe_layer(self, index: int) -> bool:
     if self.num_experts <= 0 or index < self.first_k_dense or index in self.mlp_only_layers:
@@ -235,11 +286,36 @@ def validate(config: ConfigDict) -> None:
   for key in ("dtype", "param_dtype"):
     require(m[key] in ("float32", "bfloat16", "float16"), f"model.{key}",
             f"{m[key]!r} is not one of float32, bfloat16, float16")
+  require(m.attention in ATTENTIONS, "model.attention", f"{m.attention!r} is not one of {ATTENTIONS}")
+  if m.attention == "mla":
+    for key in ("kv_lora_rank", "qk_rope_head_dim", "v_head_dim"):
+      require(m[key] >= 1, f"model.{key}", f"must be >= 1 for attention='mla', got {m[key]}")
+    for key in ("q_lora_rank", "qk_nope_head_dim"):
+      require(m[key] >= 0, f"model.{key}", f"must be >= 0, got {m[key]}")
+    require(m.qk_rope_head_dim % 2 == 0, "model.qk_rope_head_dim", f"must be even, got {m.qk_rope_head_dim}")
+    require(not m.qk_norm, "model.qk_norm", "q/k RMSNorm is not part of MLA; set qk_norm=False")
+  require(m.expert_activation in EXPERT_ACTIVATIONS, "model.expert_activation",
+          f"{m.expert_activation!r} is not one of {EXPERT_ACTIVATIONS}")
+  require(m.swiglu_limit > 0, "model.swiglu_limit", f"must be > 0, got {m.swiglu_limit}")
+  require(m.router_bias_update_rate >= 0, "model.router_bias_update_rate",
+          f"must be >= 0, got {m.router_bias_update_rate}")
+  require(m.seq_aux_loss_weight >= 0, "model.seq_aux_loss_weight", f"must be >= 0, got {m.seq_aux_loss_weight}")
+  require(m.routed_scaling_factor > 0, "model.routed_scaling_factor", f"must be > 0, got {m.routed_scaling_factor}")
   if m.num_experts > 0:
     require(1 <= m.num_experts_per_tok <= m.num_experts, "model.num_experts_per_tok",
             f"must be in [1, num_experts={m.num_experts}], got {m.num_experts_per_tok}")
     require(m.decoder_sparse_step >= 1, "model.decoder_sparse_step", "must be >= 1")
     require(m.capacity_factor > 0, "model.capacity_factor", "must be > 0")
+    if m.router == "sigmoid_group":
+      require(m.n_group >= 1 and m.num_experts % m.n_group == 0, "model.n_group",
+              f"must be >= 1 and divide num_experts={m.num_experts}, got {m.n_group}")
+      require(m.n_group == 1 or m.num_experts // m.n_group >= 2, "model.n_group",
+              f"groups need >= 2 experts each (group score = sum of its top 2), got {m.num_experts // m.n_group}")
+      require(1 <= m.topk_group <= m.n_group, "model.topk_group",
+              f"must be in [1, n_group={m.n_group}], got {m.topk_group}")
+      require(m.num_experts_per_tok <= m.topk_group * (m.num_experts // m.n_group), "model.num_experts_per_tok",
+              f"{m.num_experts_per_tok} exceeds the experts in topk_group={m.topk_group} groups of "
+              f"{m.num_experts // m.n_group}")
   if m.layer_types:
     require(len(m.layer_types) == m.num_layers, "model.layer_types",
             f"has {len(m.layer_types)} entries for num_layers={m.num_layers}")

@@ -13,6 +13,8 @@ from jax.ad_checkpoint import checkpoint_name
 from jaxtrain.models.attention import Attention
 from jaxtrain.models.config import LayerKind, ModelConfig
 from jaxtrain.models.layers import RMSNorm, cast, dtype_of, param
+from jaxtrain.models.mla import MLAttention
+from jaxtrain.models.mla import cache_shapes as mla_cache_shapes
 from jaxtrain.models.mlp import MLP
 from jaxtrain.models.moe import MoE
 from jaxtrain.models.rope import rope_tables
@@ -40,7 +42,8 @@ class Block(nnx.Module):
     E, pd = cfg.hidden_size, cfg.param_dtype
     self.is_moe = kind.moe
     self.input_norm = RMSNorm(E, eps=cfg.rms_norm_eps, axis_name="embed", param_dtype=dtype_of(pd))
-    self.attn = Attention(cfg, sliding_window=kind.sliding_window, rngs=rngs)
+    attention = MLAttention if cfg.attention == "mla" else Attention
+    self.attn = attention(cfg, sliding_window=kind.sliding_window, rngs=rngs)
     self.post_attn_norm = RMSNorm(E, eps=cfg.rms_norm_eps, axis_name="embed", param_dtype=dtype_of(pd))
     if kind.moe:
       self.moe = MoE(cfg, rngs=rngs)
@@ -130,7 +133,7 @@ class Decoder(nnx.Module):
       positions = jnp.broadcast_to(start + jnp.arange(T, dtype=jnp.int32), (B, T))
     x = jnp.take(cast(self.embed[...], dtype), input_ids, axis=0)
     x = constrain(x, ("act_batch", "act_seq", "act_embed"))
-    cos, sin = rope_tables(positions, cfg)
+    cos, sin = rope_tables(positions, cfg, cfg.rope_dim)
     stage_auxes, new_stage_caches = [], []
     for s, stage in enumerate(self.stages):
       caches = None if cache is None else cache["stages"][s]
@@ -154,6 +157,26 @@ class Decoder(nnx.Module):
   def moe_layers(self) -> tuple[int, ...]:
     return tuple(i for i in range(self.cfg.num_layers) if self.cfg.is_moe_layer(i))
 
+  def update_router_bias(self, load, rate: float) -> None:
+    """Aux-loss-free load balancing (DeepSeek-V3): moves each MoE layer's score-correction bias
+    by `rate` towards balance, +rate for experts that got fewer than the mean number of tokens
+    and -rate for those that got more. `load` `[num_moe_layers, X]` (layer order, as in the
+    aux statistics). Updates the `ModelState` variables in place; no-op without them."""
+    if not self.cfg.has_router_state or not rate:
+      return
+    row = {layer: r for r, layer in enumerate(self.moe_layers())}
+    load = load.astype(jnp.float32)
+    start = 0
+    for stage, (unit, repeats) in zip(self.stages, self.cfg.stages()):
+      for j, kind in enumerate(unit):
+        if kind.moe:
+          rows = jnp.asarray([row[start + r * len(unit) + j] for r in range(repeats)])
+          l = load[rows]  # [repeats, X]
+          step = rate * jnp.sign(jnp.mean(l, axis=-1, keepdims=True) - l)
+          bias = stage.blocks[j].moe.score_bias
+          bias[...] = bias[...] + step.astype(bias[...].dtype)
+      start += len(unit) * repeats
+
   def _collect_aux(self, stage_auxes) -> dict:
     """Per-stage, per-slot scan outputs `[repeats, ...]` -> arrays `[num_moe_layers, ...]` in
     layer order."""
@@ -176,9 +199,12 @@ class Decoder(nnx.Module):
   def init_cache(self, batch: int, max_len: int, dtype=None) -> dict:
     cfg = self.cfg
     dtype = dtype_of(cfg.dtype) if dtype is None else dtype
-    shape = (batch, max_len, cfg.num_kv_heads, cfg.resolved_head_dim)
+    if cfg.attention == "mla":
+      k_shape, v_shape = mla_cache_shapes(cfg, batch, max_len)
+    else:
+      k_shape = v_shape = (batch, max_len, cfg.num_kv_heads, cfg.resolved_head_dim)
     stages = []
     for unit, repeats in cfg.stages():
-      stages.append([{"k": jnp.zeros((repeats,) + shape, dtype), "v": jnp.zeros((repeats,) + shape, dtype)}
+      stages.append([{"k": jnp.zeros((repeats,) + k_shape, dtype), "v": jnp.zeros((repeats,) + v_shape, dtype)}
                      for _ in unit])
     return {"index": jnp.zeros((), jnp.int32), "stages": stages}

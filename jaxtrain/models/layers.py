@@ -33,6 +33,20 @@ def param(rngs: nnx.Rngs | None, shape: Sequence[int], axes: Sequence[str | None
   return nnx.Param(value, logical_axes=tuple(axes))
 
 
+class ModelState(nnx.Variable):
+  """Non-trainable model state (e.g. the routers' score-correction biases): read by the forward
+  pass, updated by the train step outside the optimizer, carried in `TrainState.model_state`
+  and checkpointed with it. Splitting a model by `nnx.Param` leaves these in the rest."""
+
+
+def state_variable(shape: Sequence[int], axes: Sequence[str | None], *, dtype=jnp.float32) -> ModelState:
+  """A zero-initialised `ModelState` annotated with logical axes like `param`."""
+  shape = tuple(int(s) for s in shape)
+  if len(axes) != len(shape):
+    raise ValueError(f"logical axes {axes} do not match shape {shape}")
+  return ModelState(jnp.zeros(shape, dtype), logical_axes=tuple(axes))
+
+
 def param_logical_axes(variable) -> tuple[str | None, ...]:
   """Logical axes of a parameter, including the 'layers' axis the scan stacking added."""
   axes = tuple(variable.get_metadata().get("logical_axes", ()))
@@ -60,6 +74,23 @@ class RMSNorm(nnx.Module):
     xf = x.astype(jnp.float32)
     xf = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + self.eps)
     return self.scale[...].astype(dtype) * xf.astype(dtype)
+
+
+def glu(kind: str, act: str = "silu", *, alpha: float = 1.702, limit: float = 7.0):
+  """The gated unit (gate, up) -> hidden of a feed-forward network.
+
+  glu: act(gate) * up. clamped_swiglu (GPT-OSS): gate clamped above at `limit`, up clamped to
+  [-limit, limit], then (up + 1) * gate * sigmoid(alpha * gate)."""
+  if kind == "glu":
+    fn = activation(act)
+    return lambda gate, up: fn(gate) * up
+  if kind == "clamped_swiglu":
+    def clamped_swiglu(gate, up):
+      gate = jnp.minimum(gate, limit)
+      up = jnp.clip(up, -limit, limit)
+      return (up + 1) * (gate * jax.nn.sigmoid(gate * alpha))
+    return clamped_swiglu
+  raise ValueError(f"unknown gated unit {kind!r}")
 
 
 def activation(name: str):

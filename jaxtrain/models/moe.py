@@ -8,25 +8,57 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxtrain.models.config import ModelConfig
-from jaxtrain.models.layers import activation, cast, dtype_of, param
+from jaxtrain.models.layers import activation, cast, dtype_of, glu, param, state_variable
 from jaxtrain.models.mlp import MLP
 from jaxtrain.parallel.expert import routed_experts
 from jaxtrain.parallel.rules import constrain
 
 
-def route(logits, cfg: ModelConfig):
-  """Router logits `[N, X]` (fp32) -> (top-k expert ids `[N, K]`, weights `[N, K]`, probs `[N, X]`)."""
+def _group_limited(choice, n_group: int, topk_group: int):
+  """Masks (-inf) the experts outside each token's `topk_group` best groups; a group's score is
+  the sum of its two best expert scores (DeepSeek-V3 node-limited routing)."""
+  N, X = choice.shape
+  grouped = choice.reshape(N, n_group, X // n_group)
+  group_scores = jnp.sum(jax.lax.top_k(grouped, 2)[0], axis=-1)  # [N, G]
+  _, top_groups = jax.lax.top_k(group_scores, topk_group)
+  keep = jnp.any(top_groups[:, :, None] == jnp.arange(n_group)[None, None, :], axis=1)  # [N, G]
+  return jnp.where(jnp.repeat(keep, X // n_group, axis=-1), choice, -jnp.inf)
+
+
+def route(logits, cfg: ModelConfig, score_bias=None):
+  """Router logits `[N, X]` (fp32) -> (top-k expert ids `[N, K]`, weights `[N, K]`, probs `[N, X]`).
+
+  `probs` are the normalised affinities the balance losses use. routers:
+  - softmax_topk: softmax, top-k, optional renormalisation (Qwen, Mixtral).
+  - topk_softmax: top-k logits, softmax over them (GPT-OSS).
+  - sigmoid_group: sigmoid scores; experts are *selected* by scores + `score_bias` (the
+    aux-loss-free correction bias, selection only) within the `topk_group` best of `n_group`
+    groups, and *weighted* by their plain scores, optionally renormalised (DeepSeek-V3).
+  Every router's weights are finally multiplied by `routed_scaling_factor`."""
   K = cfg.num_experts_per_tok
   if cfg.router == "softmax_topk":
     probs = jax.nn.softmax(logits, axis=-1)
     weights, ids = jax.lax.top_k(probs, K)
     if cfg.norm_topk_prob:
       weights = weights / jnp.sum(weights, axis=-1, keepdims=True)
-    return ids, weights, probs
-  if cfg.router == "topk_softmax":
+  elif cfg.router == "topk_softmax":
     top, ids = jax.lax.top_k(logits, K)
-    return ids, jax.nn.softmax(top, axis=-1), jax.nn.softmax(logits, axis=-1)
-  raise NotImplementedError(f"router {cfg.router!r}")
+    weights, probs = jax.nn.softmax(top, axis=-1), jax.nn.softmax(logits, axis=-1)
+  elif cfg.router == "sigmoid_group":
+    scores = jax.nn.sigmoid(logits)
+    choice = scores if score_bias is None else scores + jax.lax.stop_gradient(score_bias).astype(scores.dtype)
+    if cfg.topk_group < cfg.n_group:
+      choice = _group_limited(choice, cfg.n_group, cfg.topk_group)
+    _, ids = jax.lax.top_k(choice, K)
+    weights = jnp.take_along_axis(scores, ids, axis=-1)
+    if cfg.norm_topk_prob:
+      weights = weights / (jnp.sum(weights, axis=-1, keepdims=True) + 1e-20)
+    probs = scores / jnp.sum(scores, axis=-1, keepdims=True)
+  else:
+    raise NotImplementedError(f"router {cfg.router!r}")
+  if cfg.routed_scaling_factor != 1.0:
+    weights = weights * cfg.routed_scaling_factor
+  return ids, weights, probs
 
 
 def load_balancing_loss(probs, ids, valid, num_experts):
@@ -39,6 +71,20 @@ def load_balancing_loss(probs, ids, valid, num_experts):
   f = jnp.sum(picked * v[:, None], axis=0) / n
   p = jnp.sum(probs * v[:, None], axis=0) / n
   return num_experts * jnp.sum(f * p)
+
+
+def sequence_balance_loss(probs, ids, valid, num_experts, batch):
+  """DeepSeek-V3's sequence-wise balance loss, per row of the batch and averaged over rows:
+  sum_i f_i * P_i with f_i = X / (K * T) * (tokens of the row that picked expert i) and P_i the
+  row's mean normalised affinity of expert i, both over the row's valid tokens."""
+  N, K = ids.shape
+  v = valid.reshape(batch, -1).astype(jnp.float32)  # [B, T]
+  n = jnp.sum(v, axis=1)  # [B]
+  picked = jnp.sum(jax.nn.one_hot(ids, num_experts, dtype=jnp.float32), axis=1).reshape(batch, -1, num_experts)
+  f = num_experts * jnp.sum(picked * v[..., None], axis=1) / (K * jnp.maximum(n, 1.0))[:, None]
+  p = jnp.sum(probs.reshape(batch, -1, num_experts) * v[..., None], axis=1) / jnp.maximum(n, 1.0)[:, None]
+  rows = (n > 0).astype(jnp.float32)
+  return jnp.sum(jnp.sum(f * p, axis=-1) * rows) / jnp.maximum(jnp.sum(rows), 1.0)
 
 
 def router_z_loss(logits, valid):
@@ -56,8 +102,13 @@ class MoE(nnx.Module):
     self.router = param(rngs, (E, X), ("embed", "router"), std=std, dtype=pd)
     if cfg.router == "topk_softmax":
       self.router_bias = param(None, (X,), ("router",), init="zeros", dtype=pd)
+    if cfg.has_router_state:
+      self.score_bias = state_variable((X,), ("router",))  # selection only; updated by the train step
     self.gate_up = param(rngs, (X, E, 2, I), ("expert", "embed", None, "moe_mlp"), std=std, dtype=pd)
     self.down = param(rngs, (X, I, E), ("expert", "moe_mlp", "embed"), std=std, dtype=pd)
+    if cfg.expert_bias:
+      self.gate_up_bias = param(None, (X, 2, I), ("expert", None, "moe_mlp"), init="zeros", dtype=pd)
+      self.down_bias = param(None, (X, E), ("expert", "embed"), init="zeros", dtype=pd)
     if cfg.shared_expert_intermediate_size:
       self.shared = MLP(E, cfg.shared_expert_intermediate_size, act=cfg.activation, std=std,
                         param_dtype=cfg.param_dtype, rngs=rngs)
@@ -72,11 +123,16 @@ class MoE(nnx.Module):
     logits = tokens.astype(jnp.float32) @ self.router[...].astype(jnp.float32)
     if cfg.router == "topk_softmax":
       logits = logits + self.router_bias[...].astype(jnp.float32)
-    ids, weights, probs = route(logits, cfg)
+    ids, weights, probs = route(logits, cfg, self.score_bias[...] if cfg.has_router_state else None)
+    extra = {}
+    if cfg.expert_activation != "glu":
+      extra["glu"] = glu(cfg.expert_activation, cfg.activation, alpha=cfg.swiglu_alpha, limit=cfg.swiglu_limit)
+    if cfg.expert_bias:
+      extra.update(gate_up_bias=cast(self.gate_up_bias[...], x.dtype), down_bias=cast(self.down_bias[...], x.dtype))
     out, load, dropped = routed_experts(
         tokens, ids, weights, valid, cast(self.gate_up[...], x.dtype), cast(self.down[...], x.dtype),
         act=activation(cfg.activation), mode=cfg.moe_impl, capacity_factor=cfg.capacity_factor,
-        impl=cfg.gmm_impl)
+        impl=cfg.gmm_impl, **extra)
     y = out.reshape(B, T, E)
     if cfg.shared_expert_intermediate_size:
       shared = self.shared(x)
@@ -85,6 +141,7 @@ class MoE(nnx.Module):
       y = y + shared
     aux = {
         "aux_loss": load_balancing_loss(probs, ids, valid, cfg.num_experts),
+        "seq_aux_loss": sequence_balance_loss(probs, ids, valid, cfg.num_experts, B),
         "z_loss": router_z_loss(logits, valid),
         "load": load,
         "dropped": dropped,

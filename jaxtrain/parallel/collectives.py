@@ -79,9 +79,16 @@ def make_varying(x, axes, *, checked: bool = True) -> Any:
   missing = tuple(a for a in axes if a not in varying_axes(x))
   if not missing:
     return x
-  if hasattr(jax.lax, "pcast"):
-    return jax.lax.pcast(x, missing, to="varying")
-  return jax.lax.pvary(x, missing)
+  cast = (lambda v, a: jax.lax.pcast(v, a, to="varying")) if hasattr(jax.lax, "pcast") else jax.lax.pvary
+  try:
+    return cast(x, missing)
+  except ValueError:  # some axis already varying (vma not readable on this JAX): one at a time
+    for a in missing:
+      try:
+        x = cast(x, (a,))
+      except ValueError:
+        pass
+    return x
 
 
 def match_varying(*xs, checked: bool = True):

@@ -16,6 +16,11 @@ Expert weights enter gathered over fsdp (ZeRO-3: the gather happens at this op) 
 `padded` (fixed worst-case buffers + `all_to_all`, any backend) or `ragged`
 (`lax.ragged_all_to_all`, GPU/TPU); `auto` picks by backend. See `dropless_sharded`.
 Capacity mode stays on GSPMD (plain einsums the partitioner shards; same numbers as 1 device).
+
+Optional expert biases and gated unit (GPT-OSS): `gate_up_bias` `[X, 2, I]` is added to each
+row's gate/up projection inside the expert FFN (sharded like `gate_up`), `down_bias` `[X, E]`
+enters the combine as sum_k w_k * down_bias[e_k] (so a tensor-split hidden dim never adds it
+twice), and `glu(gate, up)` replaces `act(gate) * up`.
 """
 
 from __future__ import annotations
@@ -41,11 +46,28 @@ EXCHANGES = ("auto", "ragged", "padded")
 RAGGED_BACKENDS = ("gpu", "tpu")  # where XLA implements ragged-all-to-all
 
 
-def _expert_ffn_grouped(rows, group_sizes, gate_up, down, act, impl):
-  """rows `[M, E]` grouped by expert; gate_up `[X, E, 2, I]`; down `[X, I, E]`."""
+def _gated(h, act, glu):
+  """h `[..., 2, I]` (gate, up) -> `[..., I]`."""
+  gate, up = h[..., 0, :], h[..., 1, :]
+  return act(gate) * up if glu is None else glu(gate, up)
+
+
+def _expert_ffn_grouped(rows, group_sizes, gate_up, down, act, impl, gate_up_bias=None, glu=None):
+  """rows `[M, E]` grouped by expert; gate_up `[X, E, 2, I]`; down `[X, I, E]`; optional
+  gate_up_bias `[X, 2, I]`."""
   X, E, _, I = gate_up.shape
   h = kernels.gmm(rows, gate_up.reshape(X, E, 2 * I), group_sizes, impl=impl).reshape(-1, 2, I)
-  return kernels.gmm(act(h[:, 0]) * h[:, 1], down, group_sizes, impl=impl)
+  if gate_up_bias is not None:
+    row_expert = jnp.searchsorted(jnp.cumsum(group_sizes), jnp.arange(h.shape[0]), side="right")
+    h = h + jnp.take(gate_up_bias, jnp.minimum(row_expert, X - 1), axis=0).astype(h.dtype)
+  return kernels.gmm(_gated(h, act, glu), down, group_sizes, impl=impl)
+
+
+def _down_bias_term(expert_ids, weights, valid, down_bias):
+  """sum_k w_k * down_bias[e_k] per token `[N, E]` (zero for invalid tokens)."""
+  b = jnp.take(down_bias, expert_ids, axis=0)  # [N, K, E]
+  w = jnp.where(valid[:, None], weights, 0).astype(b.dtype)
+  return jnp.einsum("nke,nk->ne", b, w)
 
 
 def _sort_by_expert(flat_ids, num_experts):
@@ -55,13 +77,13 @@ def _sort_by_expert(flat_ids, num_experts):
   return order, counts
 
 
-def dropless(x, expert_ids, weights, valid, gate_up, down, *, act, impl):
+def dropless(x, expert_ids, weights, valid, gate_up, down, *, act, impl, gate_up_bias=None, glu=None):
   N, K = expert_ids.shape
   X = gate_up.shape[0]
   flat = jnp.where(valid[:, None], expert_ids, X).reshape(-1)
   order, counts = _sort_by_expert(flat, X)
   rows = jnp.take(x, order // K, axis=0)
-  y_sorted = _expert_ffn_grouped(rows, counts, gate_up, down, act, impl)
+  y_sorted = _expert_ffn_grouped(rows, counts, gate_up, down, act, impl, gate_up_bias, glu)
   y = jnp.zeros_like(y_sorted).at[order].set(y_sorted, unique_indices=True)
   out = jnp.einsum("nke,nk->ne", y.reshape(N, K, -1), weights.astype(y.dtype))
   return out, counts, jnp.zeros((), jnp.int32)
@@ -79,7 +101,8 @@ def capacity_slots(flat_ids, num_experts, capacity):
   return jnp.where(keep, flat_ids * capacity + rank, num_experts * capacity), keep, counts
 
 
-def capacity(x, expert_ids, weights, valid, gate_up, down, *, act, capacity_factor):
+def capacity(x, expert_ids, weights, valid, gate_up, down, *, act, capacity_factor, gate_up_bias=None,
+             down_bias=None, glu=None):
   N, K = expert_ids.shape
   X, E, _, I = gate_up.shape
   C = max(1, math.ceil(capacity_factor * N * K / X))
@@ -88,7 +111,12 @@ def capacity(x, expert_ids, weights, valid, gate_up, down, *, act, capacity_fact
   tokens = jnp.repeat(x, K, axis=0)
   buf = jnp.zeros((X * C, E), x.dtype).at[slot].set(tokens, mode="drop").reshape(X, C, E)
   h = jnp.einsum("xce,xefi->xcfi", buf, gate_up)
-  y_buf = jnp.einsum("xci,xie->xce", act(h[:, :, 0]) * h[:, :, 1], down).reshape(X * C, E)
+  if gate_up_bias is not None:
+    h = h + gate_up_bias[:, None].astype(h.dtype)
+  y_buf = jnp.einsum("xci,xie->xce", _gated(h, act, glu), down)
+  if down_bias is not None:  # dropped assignments get nothing, bias included
+    y_buf = y_buf + down_bias[:, None].astype(y_buf.dtype)
+  y_buf = y_buf.reshape(X * C, E)
   y = jnp.take(y_buf, slot, axis=0, mode="fill", fill_value=0)
   out = jnp.einsum("nke,nk->ne", y.reshape(N, K, E), weights.astype(y.dtype))
   dropped = jnp.sum(flat < X) - jnp.sum(keep)
@@ -280,10 +308,10 @@ def emulated_ragged_all_to_all(operand, output, input_offsets, send_sizes, outpu
   return output.at[dest].set(ops.reshape(P * rows, *operand.shape[1:]), mode="drop")
 
 
-def _local_body(plan_: ExpertPlan, *, act, impl, checked):
+def _local_body(plan_: ExpertPlan, *, act, impl, checked, glu=None):
   P = plan_.ep_size
 
-  def body(x, expert_ids, weights, valid, gate_up, down):
+  def body(x, expert_ids, weights, valid, gate_up, down, gate_up_bias=None):
     n, K = expert_ids.shape
     Xl = gate_up.shape[0]
     X = Xl * P
@@ -292,8 +320,8 @@ def _local_body(plan_: ExpertPlan, *, act, impl, checked):
     rows = jnp.take(x, order // K, axis=0)
 
     def ffn(grouped, sizes):
-      grouped, w1, w2 = col.match_varying(grouped, gate_up, down, checked=checked)
-      return _expert_ffn_grouped(grouped, sizes, w1, w2, act, impl)
+      grouped, w1, w2, b1 = col.match_varying(grouped, gate_up, down, gate_up_bias, checked=checked)
+      return _expert_ffn_grouped(grouped, sizes, w1, w2, act, impl, b1, glu)
 
     axis = col.axis_name(plan_.ep_axes) if plan_.ep_axes else None
     C = n * min(K, Xl)
@@ -313,33 +341,46 @@ def _local_body(plan_: ExpertPlan, *, act, impl, checked):
   return body
 
 
-def dropless_sharded(x, expert_ids, weights, valid, gate_up, down, *, act, impl, plan_: ExpertPlan):
+def dropless_sharded(x, expert_ids, weights, valid, gate_up, down, *, act, impl, plan_: ExpertPlan,
+                     gate_up_bias=None, glu=None):
   """Expert-parallel dropless MoE under the ambient mesh (see `plan` and the exchanges)."""
   mesh = col.ambient_mesh()
   tok = col.as_entry(plan_.token_axes)
   ep, tp = col.as_entry(plan_.ep_axes), col.as_entry(plan_.tp_axes)
   checked = col.checks_vma("gmm", impl)
+  in_specs = (PartitionSpec(tok, None), PartitionSpec(tok, None), PartitionSpec(tok, None), PartitionSpec(tok),
+              PartitionSpec(ep, None, None, tp), PartitionSpec(ep, tp, None))
+  args = (x, expert_ids, weights, valid, gate_up, down)
+  if gate_up_bias is not None:
+    in_specs += (PartitionSpec(ep, None, tp),)
+    args += (gate_up_bias,)
   fn = col.shard_map(
-      _local_body(plan_, act=act, impl=impl, checked=checked), mesh=mesh, check=checked,
-      in_specs=(PartitionSpec(tok, None), PartitionSpec(tok, None), PartitionSpec(tok, None), PartitionSpec(tok),
-                PartitionSpec(ep, None, None, tp), PartitionSpec(ep, tp, None)),
-      out_specs=(PartitionSpec(tok, None), PartitionSpec()))
-  out, load = fn(x, expert_ids, weights, valid, gate_up, down)
+      _local_body(plan_, act=act, impl=impl, checked=checked, glu=glu), mesh=mesh, check=checked,
+      in_specs=in_specs, out_specs=(PartitionSpec(tok, None), PartitionSpec()))
+  out, load = fn(*args)
   return out, load, jnp.zeros((), jnp.int32)
 
 
 def routed_experts(x, expert_ids, weights, valid, gate_up, down, *, act, mode, capacity_factor, impl,
-                   exchange: str | None = None):
+                   exchange: str | None = None, gate_up_bias=None, down_bias=None, glu: Callable | None = None):
   """x `[N, E]` tokens, expert_ids/weights `[N, K]`, valid `[N]` bool.
 
   Returns (out `[N, E]`, tokens per expert `[X]` (valid assignments, before any drop),
   dropped assignment count). `exchange` defaults to the one set by `exchange_context` /
-  `mesh_context(..., expert_exchange=...)`."""
+  `mesh_context(..., expert_exchange=...)`. Optional `gate_up_bias` `[X, 2, I]`, `down_bias`
+  `[X, E]` and gated unit `glu(gate, up)` (default `act(gate) * up`): see the module doc."""
+  extra = dict(gate_up_bias=gate_up_bias, glu=glu)
   if mode == "dropless":
     p = plan(x.shape[0], x.shape[1], gate_up.shape, down.shape, current_exchange() if exchange is None else exchange)
     if p is None:
-      return dropless(x, expert_ids, weights, valid, gate_up, down, act=act, impl=impl)
-    return dropless_sharded(x, expert_ids, weights, valid, gate_up, down, act=act, impl=impl, plan_=p)
+      result = dropless(x, expert_ids, weights, valid, gate_up, down, act=act, impl=impl, **extra)
+    else:
+      result = dropless_sharded(x, expert_ids, weights, valid, gate_up, down, act=act, impl=impl, plan_=p, **extra)
+    if down_bias is None:
+      return result
+    out, load, dropped = result
+    return out + _down_bias_term(expert_ids, weights, valid, down_bias).astype(out.dtype), load, dropped
   if mode == "capacity":
-    return capacity(x, expert_ids, weights, valid, gate_up, down, act=act, capacity_factor=capacity_factor)
+    return capacity(x, expert_ids, weights, valid, gate_up, down, act=act, capacity_factor=capacity_factor,
+                    down_bias=down_bias, **extra)
   raise ValueError(f"unknown MoE mode {mode!r}")

@@ -72,6 +72,13 @@ def check_sizes(config: ConfigDict, sizes: dict[str, int]) -> None:
     if heads % (sizes["sequence"] * sizes["tensor"]):
       errors.append(f"mesh.sequence * mesh.tensor = {sizes['sequence'] * sizes['tensor']} does not divide "
                     f"model.num_heads={heads} (Ulysses gives each device whole heads)")
+  from jaxtrain.parallel.expert import ragged_supported
+  if config.mesh.get("expert_exchange", "auto") == "ragged" and not ragged_supported():
+    errors.append(f"mesh.expert_exchange='ragged' needs ragged_all_to_all, which the {jax.default_backend()!r} "
+                  "backend does not implement; use 'padded' or 'auto'")
+  if errors:
+    shape = ", ".join(f"{a}={s}" for a, s in sizes.items())
+    raise ConfigError(f"mesh ({shape}): " + "; ".join(errors))
   batch_split = sizes["data"] * sizes["fsdp"] * sizes["expert"]
   micro = config.train.global_batch // max(config.train.micro_batches, 1)
   if micro % batch_split:
@@ -80,13 +87,6 @@ def check_sizes(config: ConfigDict, sizes: dict[str, int]) -> None:
     log.warning("mesh.data * mesh.fsdp * mesh.expert = %d does not divide the %d sequences of a micro-batch "
                 "(train.global_batch=%d, train.micro_batches=%d): the batch is replicated over the axes that do "
                 "not divide it", batch_split, micro, config.train.global_batch, config.train.micro_batches)
-  from jaxtrain.parallel.expert import ragged_supported
-  if config.mesh.get("expert_exchange", "auto") == "ragged" and not ragged_supported():
-    errors.append(f"mesh.expert_exchange='ragged' needs ragged_all_to_all, which the {jax.default_backend()!r} "
-                  "backend does not implement; use 'padded' or 'auto'")
-  if errors:
-    shape = ", ".join(f"{a}={s}" for a, s in sizes.items())
-    raise ConfigError(f"mesh ({shape}): " + "; ".join(errors))
 
 
 def make_mesh(mesh_config, devices=None, *, config: ConfigDict | None = None) -> Mesh:

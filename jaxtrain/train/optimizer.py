@@ -25,7 +25,9 @@ def schedule(train_cfg) -> optax.Schedule:
 
 
 def decays(path) -> bool:
-  name = str(getattr(path[-1], "key", getattr(path[-1], "name", path[-1])))
+  # nnx.Variable leaves end their path in `.value`; the parameter's name is the key before it.
+  keys = [k for k in path if not (isinstance(k, jax.tree_util.GetAttrKey) and k.name == "value")]
+  name = str(getattr(keys[-1], "key", getattr(keys[-1], "name", keys[-1])))
   return not (name in _NO_DECAY_NAMES or "bias" in name)
 
 

@@ -22,10 +22,14 @@ class TrainState:
   params: Any  # nnx.State of nnx.Param (fp32 masters)
   opt_state: Any
   rng: Any  # uint32 key data, for anything stochastic (kept so resume is exact)
+  # nnx.State of the model's non-trainable `ModelState` variables (the routers' score-correction
+  # biases), updated by the train step outside the optimizer; None for models without any.
+  model_state: Any = None
 
 
 def abstract_model(cfg: ModelConfig, seed: int = 0):
-  """(graphdef, abstract params, abstract other state) without allocating anything."""
+  """(graphdef, abstract params, abstract model state (`ModelState` variables; empty for most
+  models)) without allocating anything."""
   model = nnx.eval_shape(lambda: Decoder(cfg, rngs=nnx.Rngs(seed)))
   return nnx.split(model, nnx.Param, ...)
 
@@ -39,12 +43,21 @@ def param_shardings(abstract_params, mesh):
   return jax.tree.map(spec, abstract_params, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
-def state_shardings(tx: optax.GradientTransformation, abstract_params, params_sharding, mesh) -> TrainState:
+def model_state_shardings(abstract_state, mesh):
+  """Shardings of the model state, or None when the model has none (see `TrainState`)."""
+  if not jax.tree.leaves(abstract_state):
+    return None
+  return param_shardings(abstract_state, mesh)
+
+
+def state_shardings(tx: optax.GradientTransformation, abstract_params, params_sharding, mesh,
+                    model_state_sharding=None) -> TrainState:
   replicated = NamedSharding(mesh, PartitionSpec())
   abstract_opt = jax.eval_shape(tx.init, abstract_params)
   opt_sharding = optax.tree_map_params(tx, lambda _, s: s, abstract_opt, params_sharding,
                                        transform_non_params=lambda _: replicated)
-  return TrainState(step=replicated, params=params_sharding, opt_state=opt_sharding, rng=replicated)
+  return TrainState(step=replicated, params=params_sharding, opt_state=opt_sharding, rng=replicated,
+                    model_state=model_state_sharding)
 
 
 def init_params(cfg: ModelConfig, seed: int, shardings):
@@ -55,12 +68,24 @@ def init_params(cfg: ModelConfig, seed: int, shardings):
   return jax.jit(init, out_shardings=shardings)()
 
 
-def init_state(params, tx: optax.GradientTransformation, shardings: TrainState, seed: int) -> TrainState:
-  def make(params):
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                      rng=jax.random.key_data(jax.random.key(seed)))
+def init_model_state(cfg: ModelConfig, seed: int, shardings):
+  """The model state's initial values (zero biases) in their shardings; None without any."""
+  if shardings is None:
+    return None
 
-  return jax.jit(make, out_shardings=shardings)(params)
+  def init():
+    return nnx.split(Decoder(cfg, rngs=nnx.Rngs(seed)), nnx.Param, ...)[2]
+
+  return jax.jit(init, out_shardings=shardings)()
+
+
+def init_state(params, tx: optax.GradientTransformation, shardings: TrainState, seed: int,
+               model_state=None) -> TrainState:
+  def make(params, model_state):
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                      rng=jax.random.key_data(jax.random.key(seed)), model_state=model_state)
+
+  return jax.jit(make, out_shardings=shardings)(params, model_state)
 
 
 def count_params(params) -> int:

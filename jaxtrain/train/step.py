@@ -3,6 +3,10 @@
 Loss = sum over loss tokens of -log p(target) / (number of loss tokens in the whole global
 batch), so gradient accumulation, packing and data parallelism give the exact same value as
 one big batch. MoE auxiliary losses are averaged over MoE layers and micro-batches.
+
+Models with non-trainable state (`TrainState.model_state`: the sigmoid_group routers'
+score-correction biases) get it updated after the optimizer step from the step's expert loads
+(aux-loss-free balancing, `Decoder.update_router_bias`); the optimizer never sees it.
 """
 
 from __future__ import annotations
@@ -22,9 +26,13 @@ from jaxtrain.train.state import TrainState
 BATCH_KEYS = ("input_ids", "target_ids", "loss_mask", "segment_ids", "positions")
 
 
-def _forward_loss(graphdef, params, batch, *, vocab_chunk: int):
+def _merge(graphdef, params, model_state=None):
+  return nnx.merge(graphdef, params) if model_state is None else nnx.merge(graphdef, params, model_state)
+
+
+def _forward_loss(graphdef, params, batch, *, vocab_chunk: int, model_state=None):
   """(sum of token losses, aux stats) for one (micro-)batch."""
-  model = nnx.merge(graphdef, params)
+  model = _merge(graphdef, params, model_state)
   h, aux, _ = model.hidden_states(batch["input_ids"], segment_ids=batch["segment_ids"],
                                   positions=batch["positions"])
   losses = token_losses(h, model.head_weight(h.dtype), batch["target_ids"], vocab_chunk=vocab_chunk)
@@ -38,6 +46,8 @@ def _moe_terms(aux, model_cfg):
     return zero, zero, zero
   aux_loss, z_loss = jnp.mean(aux["aux_loss"]), jnp.mean(aux["z_loss"])
   total = model_cfg.aux_loss_weight * aux_loss + model_cfg.z_loss_weight * z_loss
+  if model_cfg.seq_aux_loss_weight:
+    total = total + model_cfg.seq_aux_loss_weight * jnp.mean(aux["seq_aux_loss"])
   return total, aux_loss, z_loss
 
 
@@ -53,6 +63,7 @@ def moe_metrics(aux) -> dict:
       "moe/load_cv": jnp.std(load, axis=-1) / jnp.maximum(mean, 1e-9),
       "moe/dropped_frac": jnp.sum(aux["dropped"]) / jnp.maximum(jnp.sum(aux["routed"]), 1),
       "moe/aux_loss": jnp.mean(aux["aux_loss"]),
+      "moe/seq_aux_loss": jnp.mean(aux["seq_aux_loss"]),
       "moe/z_loss": jnp.mean(aux["z_loss"]),
   }
 
@@ -77,7 +88,7 @@ def make_train_step(graphdef, model_cfg, train_cfg, tx: optax.GradientTransforma
     total_tokens = jnp.maximum(jnp.sum(batch["loss_mask"]).astype(jnp.float32), 1.0)
 
     def loss_fn(params, micro):
-      loss_sum, aux = _forward_loss(graphdef, params, micro, vocab_chunk=vocab_chunk)
+      loss_sum, aux = _forward_loss(graphdef, params, micro, vocab_chunk=vocab_chunk, model_state=state.model_state)
       moe_total, _, _ = _moe_terms(aux, model_cfg)
       return loss_sum / total_tokens + moe_total / num_micro, (loss_sum, aux)
 
@@ -108,7 +119,13 @@ def make_train_step(graphdef, model_cfg, train_cfg, tx: optax.GradientTransforma
         "loss_tokens": total_tokens,
         **moe_metrics(aux),
     }
-    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+    model_state = state.model_state
+    rate = model_cfg.router_bias_update_rate
+    if model_state is not None and aux and model_cfg.has_router_state and rate:
+      model = _merge(graphdef, state.params, model_state)
+      model.update_router_bias(jax.lax.stop_gradient(aux["load"]), rate)
+      model_state = nnx.split(model, nnx.Param, ...)[2]
+    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, model_state=model_state)
     return new_state, metrics
 
   return train_step
@@ -120,6 +137,7 @@ def _merge_micro_aux(auxes):
     return auxes
   return {
       "aux_loss": jnp.mean(auxes["aux_loss"], axis=0),
+      "seq_aux_loss": jnp.mean(auxes["seq_aux_loss"], axis=0),
       "z_loss": jnp.mean(auxes["z_loss"], axis=0),
       "load": jnp.sum(auxes["load"], axis=0),
       "dropped": jnp.sum(auxes["dropped"], axis=0),
@@ -130,9 +148,9 @@ def _merge_micro_aux(auxes):
 def make_eval_step(graphdef, train_cfg) -> Callable:
   vocab_chunk = train_cfg.loss_vocab_chunk
 
-  def eval_step(params, batch):
+  def eval_step(params, batch, model_state=None):
     batch = {k: constrain(batch[k], ("act_batch", "act_seq")) for k in BATCH_KEYS}
-    loss_sum, _ = _forward_loss(graphdef, params, batch, vocab_chunk=vocab_chunk)
+    loss_sum, _ = _forward_loss(graphdef, params, batch, vocab_chunk=vocab_chunk, model_state=model_state)
     return loss_sum, jnp.sum(batch["loss_mask"]).astype(jnp.float32)
 
   return eval_step

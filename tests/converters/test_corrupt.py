@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import CONFIGS, build_hf
+from tests.converters.conftest import CONFIGS, build_hf
 
 import jaxtrain
 from jaxtrain.config import ConfigError

@@ -10,7 +10,7 @@ import os
 import numpy as np
 import pytest
 
-from conftest import CONFIGS, build_hf, hf_config
+from tests.converters.conftest import CONFIGS, build_hf, hf_config
 
 import jaxtrain
 from jaxtrain.config import ConfigError
@@ -151,9 +151,9 @@ def test_resolve_model_section(tmp_path):
       "mixtral", 64, 2, 4, 7, False, 1e-5)
   assert (m.remat, m.moe_impl, m.aux_loss_weight, m.dtype) == ("full", "capacity", 0.02, "bfloat16")
   # A field the user set explicitly and that contradicts the checkpoint is an error naming it.
-  config = jaxtrain.load_config(base={"model": {"init_from": hf_dir, "hidden_size": 96}})
+  # load_config resolves it already.
   with pytest.raises(ConfigError, match="model.hidden_size"):
-    resolve_model_section(config)
+    jaxtrain.load_config(base={"model": {"init_from": hf_dir, "hidden_size": 96}})
   # No init_from: nothing changes.
   config = jaxtrain.load_config(base={})
   assert resolve_model_section(config).model.arch == "qwen3_moe"
@@ -164,5 +164,5 @@ def test_resolve_model_section(tmp_path):
   resolve_model_section(config)
   assert (config.model.arch, config.model.sliding_window) == ("mixtral", 7)
   with pytest.raises(ConfigError, match="no such"):
-    resolve_model_section(jaxtrain.load_config(base={"model": {"init_from": str(tmp_path / "gone")}}))
+    jaxtrain.load_config(base={"model": {"init_from": str(tmp_path / "gone")}})
   assert os.path.isdir(tmp_path / "ck" / "checkpoints" / "0")

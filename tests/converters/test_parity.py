@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import CONFIGS, build_hf, hf_logits_and_loss, jax_logits_and_loss, tokens
+from tests.converters.conftest import CONFIGS, build_hf, hf_logits_and_loss, jax_logits_and_loss, tokens
 
 import jaxtrain
 from jaxtrain.converters import load as load_lib

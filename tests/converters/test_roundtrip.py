@@ -14,7 +14,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from conftest import CONFIGS, VOCAB, build_hf, hf_logits_and_loss, jax_logits_and_loss, tokens
+from tests.converters.conftest import CONFIGS, VOCAB, build_hf, hf_logits_and_loss, jax_logits_and_loss, tokens
 
 import jaxtrain
 from jaxtrain.converters import export_hf, import_hf

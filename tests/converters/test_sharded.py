@@ -11,7 +11,8 @@ import textwrap
 
 import numpy as np
 
-from conftest import CONFIGS, build_hf, hf_logits_and_loss, tokens
+from tests.converters.conftest import CONFIGS, build_hf, hf_logits_and_loss, tokens
+from tests.helpers import xla_flags
 
 from jaxtrain.converters.safetensors_io import WeightDir
 
@@ -58,7 +59,7 @@ def test_sharded_load_forward_and_export(tmp_path):
   np.save(tmp_path / "toks.npy", toks)
   script = tmp_path / "run.py"
   script.write_text(SCRIPT)
-  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=4")
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=xla_flags(4))
   # Parameters above 20 kB (the experts) are streamed in place, in row blocks, into their sharded arrays.
   r = subprocess.run([sys.executable, str(script), hf_dir, str(tmp_path / "out"), str(tmp_path / "toks.npy"),
                       str(tmp_path / "logits.npy"), "20000"], capture_output=True, text=True, cwd=REPO, env=env,

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from tests.helpers import REPO
+from tests.helpers import REPO, xla_flags
 
 pytestmark = pytest.mark.slow
 CONFIG = os.path.join(REPO, "tests", "configs", "tiny.py")
@@ -22,7 +22,7 @@ def _cmd(workdir, *extra):
 
 
 def _env(devices=1):
-  return dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+  return dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=xla_flags(devices))
 
 
 def _run(workdir, *extra, devices=1):

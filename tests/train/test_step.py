@@ -1,6 +1,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from ml_collections import ConfigDict
 
 from jaxtrain.parallel.mesh import make_mesh, mesh_context
@@ -56,7 +57,7 @@ def test_schedule_warmup_then_cosine_to_floor():
   tc = train_defaults()
   tc.lr, tc.steps, tc.warmup_steps, tc.min_lr_ratio = 1.0, 100, 10, 0.1
   s = schedule(tc)
-  assert float(s(0)) == 0.1 and abs(float(s(9)) - 1.0) < 1e-6
+  assert float(s(0)) == pytest.approx(0.1) and float(s(9)) == pytest.approx(1.0)
   assert float(s(10)) > float(s(50)) > float(s(99)) >= 0.1 - 1e-6
   tc.schedule = "constant"
   assert float(schedule(tc)(50)) == 1.0
