@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # GPU check for jaxtrain: one prepared script, a sequence of labelled steps, each with its own
 # timeout, logs and tables in "${OUT:-/tmp/gpu_check}" (one <step>.log per step + summary.txt).
-# Keep the total well under 10 minutes; the kernel section below takes at most ~7.
+# Typical total about 6 minutes on an H100/H200; the timeouts cap it at 10.
 #
 #   bash experiments/gpu_check.sh            # from the project root (or anywhere: it cd's there)
 #
@@ -35,23 +35,28 @@ step() {
 }
 
 # --- setup ------------------------------------------------------------------------------------
-step install 120 python3 -m pip install -q --no-deps --no-build-isolation -e .
-step env 60 python3 -c "import jax; print('jax', jax.__version__, jax.devices()); assert jax.default_backend() == 'gpu', 'no GPU backend'"
+step install 90 python3 -m pip install -q --no-deps --no-build-isolation -e .
+step env 30 python3 -c "import jax; print('jax', jax.__version__, jax.devices()); assert jax.default_backend() == 'gpu', 'no GPU backend'"
 
 # --- issue 4: Pallas kernels (grouped matmul, flash attention) -------------------------------
 # Same tests as CI, compiled instead of interpreted, plus the compiled_only realistic shapes.
 # JAX_PLATFORMS=cuda: tests/conftest.py defaults JAX_PLATFORMS to cpu for CI.
-step kernels_tests 210 env JAX_PLATFORMS=cuda JAXTRAIN_PALLAS_INTERPRET=0 python3 -m pytest tests/kernels -q -rfEs -p no:cacheprovider
+step kernels_tests 150 env JAX_PLATFORMS=cuda JAXTRAIN_PALLAS_INTERPRET=0 python3 -m pytest tests/kernels -q -rfEs -p no:cacheprovider
 # gmm vs ragged_dot vs dense, attention pallas vs cudnn vs xla; writes bench_kernels.{md,json}.
-step kernels_bench 180 env JAXTRAIN_PALLAS_INTERPRET=0 python3 experiments/bench_kernels.py --out "$LOGDIR"
+step kernels_bench 120 env JAXTRAIN_PALLAS_INTERPRET=0 python3 experiments/bench_kernels.py --out "$LOGDIR"
 
 # --- issue 5: expert-parallel exchange -------------------------------------------------------
 # ragged (lax.ragged_all_to_all; XLA:CPU lacks it, so only here) vs padded, forced through the
 # shard_map exchange on a 1-device mesh: MoE layer forward/gradients, the sharded attention
 # wrapper around the Pallas kernel, and 3 train steps of the tiny MoE model. About 1-2 minutes.
-step expert_exchange 150 env JAX_PLATFORMS=cuda JAXTRAIN_PALLAS_INTERPRET=0 python3 experiments/gpu_ep_check.py
+step expert_exchange 90 env JAX_PLATFORMS=cuda JAXTRAIN_PALLAS_INTERPRET=0 python3 experiments/gpu_ep_check.py
 
-# --- later sections (bf16 train benchmark, ...) go here ---------------------------------------
+# --- issue 7: training throughput vs transformers + PyTorch, bf16, MFU ---------------------------
+# The 64-expert MoE preset (~0.5B active parameters) at batch 8 x 2048; writes bench_train_gpu-moe.{md,json}.
+step train_bench 150 python3 experiments/bench_train.py --preset gpu-moe --frameworks jaxtrain,torch-eager \
+  --steps 5 --warmup 2 --timeout 70 --out "$LOGDIR"
+
+# --- later sections go here ---------------------------------------------------------------------
 
 # --- summary ----------------------------------------------------------------------------------
 echo "=== summary ($LOGDIR)"

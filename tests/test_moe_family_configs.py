@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 
-from tests.helpers import REPO
+from tests.helpers import REPO, xla_flags
 
 STEPS = 4
 COMMON = [f"--config.train.steps={STEPS}", "--config.train.log_every=1", "--config.train.progress=false",
@@ -20,7 +20,7 @@ COMMON = [f"--config.train.steps={STEPS}", "--config.train.log_every=1", "--conf
 
 
 def run_cli(config: str, workdir: str, *overrides: str, devices: int = 1) -> subprocess.CompletedProcess:
-  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=xla_flags(devices))
   proc = subprocess.run([sys.executable, "-m", "jaxtrain.main", "--config", config, f"--config.workdir={workdir}",
                          *COMMON, *overrides], capture_output=True, text=True, timeout=900, cwd=REPO, env=env)
   assert proc.returncode == 0, proc.stderr[-5000:]
