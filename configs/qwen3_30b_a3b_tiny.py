@@ -21,5 +21,4 @@ def get_config():
   c.train.update(steps=40, global_batch=8, lr=2e-3, warmup_steps=4, log_every=4)
   c.eval.batches = 2
   c.checkpoint.every = 20
-  c.sample.enabled = False
   return c

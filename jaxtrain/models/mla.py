@@ -57,18 +57,18 @@ class MLAttention(nnx.Module):
     self.cfg = cfg
     self.sliding_window = sliding_window
     if Rq:
-      self.q_a_proj = param(rngs, (E, Rq), ("embed", None), std=std, dtype=pd)
+      self.q_a_proj = param(rngs, (E, Rq), ("embed", "lora"), std=std, dtype=pd)
       if cfg.attention_bias:
         self.q_a_bias = param(None, (Rq,), (None,), init="zeros", dtype=pd)
       self.q_a_norm = RMSNorm(Rq, eps=LATENT_NORM_EPS, axis_name=None, param_dtype=pd)
-      self.q_b_proj = param(rngs, (Rq, H, Dn + Dr), (None, "heads", "head_dim"), std=std, dtype=pd)
+      self.q_b_proj = param(rngs, (Rq, H, Dn + Dr), ("lora", "heads", "head_dim"), std=std, dtype=pd)
     else:
       self.q_proj = param(rngs, (E, H, Dn + Dr), ("embed", "heads", "head_dim"), std=std, dtype=pd)
-    self.kv_a_proj = param(rngs, (E, Rkv + Dr), ("embed", None), std=std, dtype=pd)
+    self.kv_a_proj = param(rngs, (E, Rkv + Dr), ("embed", "lora"), std=std, dtype=pd)
     if cfg.attention_bias:
       self.kv_a_bias = param(None, (Rkv + Dr,), (None,), init="zeros", dtype=pd)
     self.kv_a_norm = RMSNorm(Rkv, eps=LATENT_NORM_EPS, axis_name=None, param_dtype=pd)
-    self.kv_b_proj = param(rngs, (Rkv, H, Dn + Dv), (None, "heads", "head_dim"), std=std, dtype=pd)
+    self.kv_b_proj = param(rngs, (Rkv, H, Dn + Dv), ("lora", "heads", "head_dim"), std=std, dtype=pd)
     self.o_proj = param(rngs, (H, Dv, E), ("heads", "head_dim", "embed"), std=std, dtype=pd)
     if cfg.attention_out_bias:
       self.o_bias = param(None, (E,), ("embed",), init="zeros", dtype=pd)

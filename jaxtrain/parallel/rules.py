@@ -24,6 +24,7 @@ DEFAULT_RULES: dict[str, Any] = {
     "expert": "expert",
     "moe_mlp": "tensor",
     "router": None,
+    "lora": "fsdp",  # low-rank projection dims (MLA); fsdp when the other dim could not take it
     # activations
     "act_batch": ("data", "fsdp", "expert"),
     "act_seq": "sequence",

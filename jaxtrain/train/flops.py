@@ -3,7 +3,8 @@
 Training FLOPs per token = 3 x forward FLOPs (the backward pass costs two forwards; rematerialised
 recomputation is not counted, as usual for MFU). Forward FLOPs per token = 2 x (multiply-adds):
 
-- every dense matmul: attention projections, dense MLPs, shared experts, the router, the LM head;
+- every dense matmul: attention projections (MLA: its low-rank down/up projections), dense MLPs,
+  shared experts, the router, the LM head;
 - routed experts: only the k experts a token uses (active, not total, parameters);
 - attention scores and values: a token at position t attends to min(t + 1, window) keys; averaged
   over a row of length T that is (T + 1) / 2 for causal attention, each key costing
@@ -52,10 +53,28 @@ def _mean_keys(seq_len: int, window: int, causal: bool) -> float:
   return (window * (window + 1) / 2 + (seq_len - window) * window) / seq_len
 
 
+def _head_dims(cfg: ModelConfig) -> tuple[int, int]:
+  """(query/key head dim, value head dim)."""
+  if cfg.attention == "mla":
+    return cfg.qk_nope_head_dim + cfg.qk_rope_head_dim, cfg.v_head_dim
+  return cfg.resolved_head_dim, cfg.resolved_head_dim
+
+
+def _attention_params(cfg: ModelConfig) -> int:
+  E, H = cfg.hidden_size, cfg.num_heads
+  if cfg.attention == "mla":
+    dqk, dv = _head_dims(cfg)
+    q = E * cfg.q_lora_rank + cfg.q_lora_rank * H * dqk if cfg.q_lora_rank else E * H * dqk
+    kv = E * (cfg.kv_lora_rank + cfg.qk_rope_head_dim) + cfg.kv_lora_rank * H * (cfg.qk_nope_head_dim + dv)
+    return q + kv + H * dv * E
+  D = cfg.resolved_head_dim
+  return E * (H + 2 * cfg.num_kv_heads) * D + H * D * E
+
+
 def matmul_params_per_token(cfg: ModelConfig) -> dict[str, int]:
   """Multiply-adds per token of every matmul, grouped by where they happen."""
-  E, H, KVH, D = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.resolved_head_dim
-  attention = E * (H + 2 * KVH) * D + H * D * E
+  E = cfg.hidden_size
+  attention = _attention_params(cfg)
   dense_mlp = 3 * E * cfg.intermediate_size
   moe = (E * cfg.num_experts + cfg.num_experts_per_tok * 3 * E * cfg.moe_intermediate_size
          + 3 * E * cfg.shared_expert_intermediate_size + (E if cfg.shared_expert_gate else 0))
@@ -64,7 +83,7 @@ def matmul_params_per_token(cfg: ModelConfig) -> dict[str, int]:
 
 
 def attention_flops_per_token(cfg: ModelConfig, seq_len: int, *, causal: bool = True) -> float:
-  per_key = 2 * cfg.num_heads * (cfg.resolved_head_dim + cfg.resolved_head_dim)
+  per_key = 2 * cfg.num_heads * sum(_head_dims(cfg))
   return sum(per_key * _mean_keys(seq_len, cfg.layer_window(i), causal) for i in range(cfg.num_layers))
 
 

@@ -279,7 +279,7 @@ class Trainer:
     if self.tokenizer.bos_id is not None:
       prompt = [self.tokenizer.bos_id] + prompt
     out = generate(model, np.asarray([prompt]), max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
-                   top_k=cfg.top_k, seed=self.config.seed)
+                   top_k=cfg.top_k, seed=self.config.seed, vocab_limit=self.tokenizer.vocab_size)
     new = truncate_at_eos(np.asarray(out[0, len(prompt):]).tolist(), self.tokenizer.eos_id)
     return cfg.prompt + self.tokenizer.decode(new)
 

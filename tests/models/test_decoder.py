@@ -92,3 +92,14 @@ def test_remat_policies_give_identical_gradients():
   for remat, g in grads.items():
     for a, b in zip(g, grads["none"]):
       np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5, err_msg=remat)
+
+
+def test_sampler_never_draws_ids_past_the_tokenizer_vocabulary():
+  model = Decoder(tiny_moe(), rngs=nnx.Rngs(4))
+  graphdef, state = nnx.split(model)
+  # Make the padded rows of the LM head the most likely tokens.
+  state["lm_head"].set_value(state["lm_head"].get_value().at[:, 40:].add(50.0))
+  model = nnx.merge(graphdef, state)
+  for temperature in (0.0, 1.0):
+    out = np.asarray(generate(model, np.array([[1, 2, 3]]), max_new_tokens=6, temperature=temperature, vocab_limit=40))
+    assert out[0, 3:].max() < 40

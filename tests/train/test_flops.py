@@ -65,3 +65,13 @@ def test_peak_table_and_mfu():
   assert flops.peak_flops("NVIDIA H200", "bfloat16") == 989e12
   assert flops.peak_flops("cpu", "float32") is None
   assert flops.mfu(1e9, 1000.0, 2, 1e12) == pytest.approx(0.5)
+
+
+def test_mla_formula_matches_xla_cost_analysis():
+  cfg = tiny_moe(num_layers=1, num_experts=0, attention="mla", hidden_size=64, num_heads=4, q_lora_rank=24,
+                 kv_lora_rank=16, qk_nope_head_dim=16, qk_rope_head_dim=8, v_head_dim=12, vocab_size=256,
+                 intermediate_size=128, qk_norm=False)
+  batch, seq = 2, 64
+  expected = flops.train_flops_per_token(cfg, seq, causal=False) * batch * seq
+  measured = _xla_flops(cfg, batch, seq)
+  assert expected <= measured <= 1.15 * expected, (expected, measured)
