@@ -29,6 +29,7 @@ from jaxtrain.converters import hf_config, tables
 from jaxtrain.converters.errors import ConversionError
 from jaxtrain.converters.load import checkpoint_model_section, load_checkpoint_params, load_hf_params, progress_bar
 from jaxtrain.converters.safetensors_io import OutTensor, numpy_dtype, parse_size, write_sharded
+from jaxtrain.converters.signature import signature_diff
 
 log = logging.getLogger("jaxtrain.converters")
 
@@ -81,7 +82,7 @@ def hf_config_for(model_cfg, *, dtype: str, base: dict | None = None) -> dict:
   if base is not None:
     try:
       same = (base.get("model_type") == model_cfg.arch
-              and not hf_config.signature_diff(model_cfg, ModelConfig.from_config(hf_config.from_hf(base))))
+              and not signature_diff(model_cfg, ModelConfig.from_config(hf_config.from_hf(base))))
     except ConversionError:
       same = False
     if same:

@@ -41,6 +41,7 @@ from jaxtrain.config import ConfigError
 from jaxtrain.converters import dequant, hf_config, tables
 from jaxtrain.converters.errors import ConversionError, format_problems
 from jaxtrain.converters.safetensors_io import DTYPES, WeightDir
+from jaxtrain.converters.signature import signature_diff
 
 log = logging.getLogger("jaxtrain.converters")
 
@@ -186,7 +187,7 @@ def check_config_matches(model_cfg, path: str) -> Any:
   else:
     source = f"the checkpoint in {path}"
     other = ModelConfig.from_config(checkpoint_model_section(path)[2])
-  diff = hf_config.signature_diff(model_cfg, other, a_name="run config", b_name=f"{os.path.basename(source)}:")
+  diff = signature_diff(model_cfg, other, a_name="run config", b_name=f"{os.path.basename(source)}:")
   if diff:
     raise ConfigError(format_problems(
         f"config model.init_from={path}: the run's model section does not match {source} "

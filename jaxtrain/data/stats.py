@@ -66,6 +66,9 @@ def report(summary: dict[str, Any], name: str = "data") -> str:
   lines = [f"{name}: {summary['documents']} documents, {summary['tokens']} tokens "
            f"({summary['loss_tokens']} with loss) in {summary['batches']} batches; "
            f"packing efficiency {100 * summary['packing_efficiency']:.1f}%"]
+  per_source = summary.get("documents_per_source") or {}
+  if len(per_source) > 1:
+    lines.append(f"{name}: documents per source: " + ", ".join(f"{k}={v}" for k, v in sorted(per_source.items())))
   if summary.get("truncated_documents"):
     lines.append(f"{name}: truncated {summary['truncated_documents']} over-long documents "
                  f"({summary['truncated_tokens']} tokens cut; data.overlong)")

@@ -18,105 +18,20 @@ ATTENTIONS = ("gqa", "mla")
 EXPERT_ACTIVATIONS = ("glu", "clamped_swiglu")
 
 
-def rope_defaults() -> ConfigDict:
-  return ConfigDict({
-      "type": "none",
-      "factor": 1.0,
-      # llama3
-      "low_freq_factor": 1.0,
-      "high_freq_factor": 4.0,
-      "original_max_position_embeddings": 0,
-      # yarn
-      "beta_fast": 32.0,
-      "beta_slow": 1.0,
-      "mscale": 1.0,
-      "mscale_all_dim": 0.0,
-      "attention_factor": 0.0,  # 0 = derive from factor (and mscale) as HF does
-      "truncate": True,
-  })
-
-
-def defaults() -> ConfigDict:
-  return ConfigDict({
-      "arch": "qwen3_moe",  # the Hugging Face model_type this model exports as
-      "init_from": "",  # HF directory or jaxtrain checkpoint to start from ("" = random init)
-      "vocab_size": 272,
-      "hidden_size": 128,
-      "num_layers": 4,
-      "num_heads": 4,
-      "num_kv_heads": 2,
-      "head_dim": 32,  # 0 = hidden_size // num_heads
-      "intermediate_size": 512,  # dense MLP layers
-      "activation": "silu",
-      "rms_norm_eps": 1e-6,
-      "rope_theta": 1_000_000.0,
-      "rope_scaling": rope_defaults(),
-      "max_position_embeddings": 4096,
-      "qk_norm": True,
-      "attention_bias": False,  # bias on q/k/v projections
-      "attention_out_bias": False,  # bias on the output projection
-      "sliding_window": 0,
-      "layer_types": (),  # per layer "full_attention" | "sliding_attention"; () = all full
-      "attention_sinks": False,
-      # Attention block: "gqa" (grouped-query) or "mla" (DeepSeek multi-head latent attention,
-      # which reads the MLA fields below and ignores num_kv_heads / head_dim).
-      "attention": "gqa",
-      "q_lora_rank": 0,  # MLA: rank of the query down-projection (0 = full-rank q projection)
-      "kv_lora_rank": 0,  # MLA: rank of the compressed key/value latent
-      "qk_nope_head_dim": 0,  # MLA: per-head query/key dims without rotary embedding
-      "qk_rope_head_dim": 0,  # MLA: per-head query/key dims with rotary embedding (shared key part)
-      "v_head_dim": 0,  # MLA: per-head value dims
-      "rope_interleave": False,  # MLA: rotary dims come as interleaved pairs (DeepSeek checkpoints)
-      "tie_word_embeddings": False,
-      "initializer_range": 0.02,
-      # Mixture of experts (num_experts = 0: every layer dense).
-      "num_experts": 8,
-      "num_experts_per_tok": 2,
-      "moe_intermediate_size": 256,
-      "norm_topk_prob": True,
-      "decoder_sparse_step": 1,
-      "mlp_only_layers": (),
-      "first_k_dense": 0,
-      "shared_expert_intermediate_size": 0,
-      "shared_expert_gate": False,
-      "router": "softmax_topk",
-      # sigmoid_group router (DeepSeek-V3): experts in n_group groups, tokens pick among the
-      # topk_group best groups; selection uses sigmoid scores + a score-correction bias.
-      "n_group": 1,
-      "topk_group": 1,
-      "routed_scaling_factor": 1.0,  # multiplies the routing weights of the routed experts
-      # Aux-loss-free balancing: after every train step the score-correction bias of each
-      # sigmoid_group MoE layer moves by this rate towards balance (+rate for underloaded
-      # experts, -rate for overloaded ones); 0 = frozen bias.
-      "router_bias_update_rate": 0.001,
-      "expert_bias": False,  # biases on the routed experts' gate/up and down projections
-      "expert_activation": "glu",  # "glu": activation(gate) * up; "clamped_swiglu": GPT-OSS
-      "swiglu_alpha": 1.702,  # clamped_swiglu: gate * sigmoid(alpha * gate)
-      "swiglu_limit": 7.0,  # clamped_swiglu: gate <= limit, |up| <= limit
-      "moe_impl": "dropless",
-      "capacity_factor": 1.25,
-      "aux_loss_weight": 0.001,
-      "seq_aux_loss_weight": 0.0,  # DeepSeek-V3 sequence-wise balance loss (per sequence row)
-      "z_loss_weight": 0.0,
-      # Numerics and memory.
-      "dtype": "float32",  # compute dtype; params stay in param_dtype (fp32 masters)
-      "param_dtype": "float32",
-      "remat": "none",
-  })
-
-
 @dataclasses.dataclass(frozen=True)
 class RopeScaling:
   type: str = "none"
   factor: float = 1.0
+  # llama3
   low_freq_factor: float = 1.0
   high_freq_factor: float = 4.0
   original_max_position_embeddings: int = 0
+  # yarn
   beta_fast: float = 32.0
   beta_slow: float = 1.0
   mscale: float = 1.0
   mscale_all_dim: float = 0.0
-  attention_factor: float = 0.0
+  attention_factor: float = 0.0  # 0 = derive from factor (and mscale) as HF does
   truncate: bool = True
 
 
@@ -129,34 +44,39 @@ class LayerKind:
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-  arch: str = "qwen3_moe"
+  """Every architecture and numerics choice of a model. Its defaults are the defaults of the
+  `model` config section (`defaults()`), which holds the same fields plus `init_from`."""
+  arch: str = "qwen3_moe"  # the Hugging Face model_type this model exports as
   vocab_size: int = 272
   hidden_size: int = 128
   num_layers: int = 4
   num_heads: int = 4
   num_kv_heads: int = 2
-  head_dim: int = 32
-  intermediate_size: int = 512
+  head_dim: int = 32  # 0 = hidden_size // num_heads
+  intermediate_size: int = 512  # dense MLP layers
   activation: str = "silu"
   rms_norm_eps: float = 1e-6
   rope_theta: float = 1_000_000.0
   rope_scaling: RopeScaling = RopeScaling()
   max_position_embeddings: int = 4096
   qk_norm: bool = True
-  attention_bias: bool = False
-  attention_out_bias: bool = False
+  attention_bias: bool = False  # bias on q/k/v projections
+  attention_out_bias: bool = False  # bias on the output projection
   sliding_window: int = 0
-  layer_types: tuple[str, ...] = ()
+  layer_types: tuple[str, ...] = ()  # per layer "full_attention" | "sliding_attention"; () = all full
   attention_sinks: bool = False
+  # Attention block: "gqa" (grouped-query) or "mla" (DeepSeek multi-head latent attention, which
+  # reads the MLA fields below and ignores num_kv_heads / head_dim).
   attention: str = "gqa"
-  q_lora_rank: int = 0
-  kv_lora_rank: int = 0
-  qk_nope_head_dim: int = 0
-  qk_rope_head_dim: int = 0
-  v_head_dim: int = 0
-  rope_interleave: bool = False
+  q_lora_rank: int = 0  # MLA: rank of the query down-projection (0 = full-rank q projection)
+  kv_lora_rank: int = 0  # MLA: rank of the compressed key/value latent
+  qk_nope_head_dim: int = 0  # MLA: per-head query/key dims without rotary embedding
+  qk_rope_head_dim: int = 0  # MLA: per-head query/key dims with rotary embedding (shared key part)
+  v_head_dim: int = 0  # MLA: per-head value dims
+  rope_interleave: bool = False  # MLA: rotary dims come as interleaved pairs (DeepSeek checkpoints)
   tie_word_embeddings: bool = False
   initializer_range: float = 0.02
+  # Mixture of experts (num_experts = 0: every layer dense).
   num_experts: int = 8
   num_experts_per_tok: int = 2
   moe_intermediate_size: int = 256
@@ -167,23 +87,29 @@ class ModelConfig:
   shared_expert_intermediate_size: int = 0
   shared_expert_gate: bool = False
   router: str = "softmax_topk"
+  # sigmoid_group router (DeepSeek-V3): experts in n_group groups, tokens pick among the topk_group
+  # best groups; selection uses sigmoid scores + a score-correction bias.
   n_group: int = 1
   topk_group: int = 1
-  routed_scaling_factor: float = 1.0
+  routed_scaling_factor: float = 1.0  # multiplies the routing weights of the routed experts
+  # Aux-loss-free balancing: after every train step the score-correction bias of each
+  # sigmoid_group MoE layer moves by this rate towards balance (+rate for underloaded experts,
+  # -rate for overloaded ones); 0 = frozen bias.
   router_bias_update_rate: float = 0.001
-  expert_bias: bool = False
-  expert_activation: str = "glu"
-  swiglu_alpha: float = 1.702
-  swiglu_limit: float = 7.0
+  expert_bias: bool = False  # biases on the routed experts' gate/up and down projections
+  expert_activation: str = "glu"  # "glu": activation(gate) * up; "clamped_swiglu": GPT-OSS
+  swiglu_alpha: float = 1.702  # clamped_swiglu: gate * sigmoid(alpha * gate)
+  swiglu_limit: float = 7.0  # clamped_swiglu: gate <= limit, |up| <= limit
   moe_impl: str = "dropless"
   capacity_factor: float = 1.25
   aux_loss_weight: float = 0.001
-  seq_aux_loss_weight: float = 0.0
+  seq_aux_loss_weight: float = 0.0  # DeepSeek-V3 sequence-wise balance loss (per sequence row)
   z_loss_weight: float = 0.0
-  dtype: str = "float32"
+  # Numerics and memory.
+  dtype: str = "float32"  # compute dtype; params stay in param_dtype (fp32 masters)
   param_dtype: str = "float32"
   remat: str = "none"
-  # Kernel choices travel with the model so modules need no global state.
+  # Kernel choices travel with the model so modules need no global state (from `kernels.*`).
   attention_impl: str = "auto"
   gmm_impl: str = "auto"
 
@@ -266,6 +192,23 @@ class ModelConfig:
         return s, offset // len(unit), offset % len(unit)
       start += size
     raise IndexError(f"layer {index} out of range for {self.num_layers} layers")
+
+
+_FROM_KERNELS_SECTION = ("attention_impl", "gmm_impl")
+
+
+def rope_defaults() -> ConfigDict:
+  return ConfigDict(dataclasses.asdict(RopeScaling()))
+
+
+def defaults() -> ConfigDict:
+  """The `model` section: every ModelConfig field (kernel choices live in `kernels.*`) plus
+  `init_from`, an HF directory or jaxtrain checkpoint to start from ("" = random init)."""
+  base = ModelConfig()
+  values = {f.name: getattr(base, f.name) for f in dataclasses.fields(ModelConfig)
+            if f.name not in _FROM_KERNELS_SECTION}
+  values["rope_scaling"] = rope_defaults()
+  return ConfigDict({"init_from": "", **values})
 
 
 def validate(config: ConfigDict) -> None:

@@ -108,7 +108,7 @@ def make_train_step(graphdef, model_cfg, train_cfg, tx: optax.GradientTransforma
       (grads, loss_sum), auxes = jax.lax.scan(accumulate, (zeros, jnp.zeros((), jnp.float32)), micro)
       aux = _merge_micro_aux(auxes)
 
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     _, aux_loss, z_loss = _moe_terms(aux, model_cfg)

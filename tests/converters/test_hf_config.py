@@ -15,7 +15,8 @@ from tests.converters.conftest import CONFIGS, build_hf, hf_config
 import jaxtrain
 from jaxtrain.config import ConfigError
 from jaxtrain.converters import ConversionError, from_hf, resolve_model_section, to_hf
-from jaxtrain.converters.hf_config import FAMILIES, FAMILY_DEFAULTS, signature_diff
+from jaxtrain.converters.hf_config import FAMILIES, FAMILY_DEFAULTS
+from jaxtrain.converters.signature import signature_diff
 from jaxtrain.models.config import ModelConfig
 from jaxtrain.models.rope import inv_frequencies
 

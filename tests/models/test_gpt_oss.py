@@ -13,7 +13,7 @@ from tests.models.hf_families import GPT_OSS, build, torch, transformers
 
 import jaxtrain
 from jaxtrain.converters import export_hf, from_hf, import_hf, to_hf
-from jaxtrain.converters.hf_config import signature_diff
+from jaxtrain.converters.signature import signature_diff
 from jaxtrain.converters.safetensors_io import WeightDir
 from jaxtrain.models.config import ModelConfig
 from tests.converters.conftest import hf_logits_and_loss, jax_logits_and_loss, tokens
