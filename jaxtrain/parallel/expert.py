@@ -37,6 +37,7 @@ import jax.numpy as jnp
 from jax.sharding import PartitionSpec
 
 from jaxtrain import kernels
+from jaxtrain.kernels.moe_blocked import blocked_expert_ffn
 from jaxtrain.parallel import collectives as col
 from jaxtrain.parallel.rules import current_rules, logical_to_spec
 
@@ -78,6 +79,10 @@ def _sort_by_expert(flat_ids, num_experts):
 
 
 def dropless(x, expert_ids, weights, valid, gate_up, down, *, act, impl, gate_up_bias=None, glu=None):
+  if kernels.resolve("gmm", impl)[0] == "blocked":  # the CPU path: dispatch straight into padded blocks
+    out, counts = blocked_expert_ffn(x, expert_ids, weights, valid, gate_up, down, gate_up_bias=gate_up_bias,
+                                     glu=glu or (lambda gate, up: act(gate) * up))
+    return out, counts, jnp.zeros((), jnp.int32)
   N, K = expert_ids.shape
   X = gate_up.shape[0]
   flat = jnp.where(valid[:, None], expert_ids, X).reshape(-1)
