@@ -52,16 +52,16 @@ def _peak_rss_mb() -> float:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_jaxtrain(spec: dict) -> dict:
+def jaxtrain_step(spec: dict):
+  """The compiled jaxtrain train step for a preset spec, with its initial state and one batch:
+  `(compiled, state, batch, cfg, mesh, compile_s)`. Also used by experiments/profile_step.py."""
   import jax
   import jax.numpy as jnp
   import numpy as np
-  from ml_collections import ConfigDict
 
   from jaxtrain.config import load_config
   from jaxtrain.models.config import ModelConfig
   from jaxtrain.parallel.mesh import make_mesh, mesh_context
-  from jaxtrain.train import flops
   from jaxtrain.train import state as state_lib
   from jaxtrain.train.optimizer import make_optimizer, schedule
   from jaxtrain.train.step import BATCH_KEYS, make_train_step
@@ -87,6 +87,20 @@ def run_jaxtrain(spec: dict) -> dict:
     t0 = time.perf_counter()
     compiled = step.lower(state, batch).compile()
     compile_s = time.perf_counter() - t0
+  return compiled, state, batch, cfg, mesh, compile_s
+
+
+def run_jaxtrain(spec: dict) -> dict:
+  import jax
+  import numpy as np
+
+  from jaxtrain.parallel.mesh import mesh_context
+  from jaxtrain.train import flops
+  from jaxtrain.train import state as state_lib
+
+  compiled, state, batch, cfg, mesh, compile_s = jaxtrain_step(spec)
+  B, T = spec["batch"], spec["seq"]
+  with mesh_context(mesh):
     times, losses = [], []
     for i in range(spec["warmup"] + spec["steps"]):
       t0 = time.perf_counter()

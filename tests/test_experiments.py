@@ -1,0 +1,48 @@
+"""The benchmark scripts in experiments/ run end to end at tiny sizes and report what they claim."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+from tests.helpers import REPO
+
+
+def _run(script: str, *args: str) -> str:
+  proc = subprocess.run([sys.executable, os.path.join(REPO, "experiments", script), *args], capture_output=True,
+                        text=True, timeout=600, cwd=REPO, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+  return proc.stdout
+
+
+def _table_row(text: str, first_cell: str) -> list[str]:
+  for line in text.splitlines():
+    cells = [c.strip() for c in line.strip().strip("|").split("|")]
+    if line.startswith("|") and cells[0] == first_cell:
+      return cells
+  raise AssertionError(f"no table row {first_cell!r} in:\n{text}")
+
+
+def test_bench_train_compares_jaxtrain_with_torch_eager():
+  out = _run("bench_train.py", "--frameworks", "jaxtrain,torch-eager", "--steps", "2", "--warmup", "1",
+             "--batch", "2", "--seq", "32")
+  jax_row, torch_row = _table_row(out, "jaxtrain"), _table_row(out, "torch-eager")
+  jax_tps, torch_tps = (float(r[1].replace(",", "")) for r in (jax_row, torch_row))
+  assert jax_tps > 0 and torch_tps > 0
+  assert float(jax_row[4]) > 0  # compile seconds measured
+  ratio = float(jax_row[6].rstrip("x"))
+  assert abs(ratio - jax_tps / torch_tps) < 0.01 + 0.01 * ratio
+  assert torch_row[6] == "1.00x"
+
+
+def test_profile_step_attributes_time_to_experts_and_attention():
+  out = _run("profile_step.py", "--batch", "2", "--seq", "32", "--steps", "1")
+  assert re.search(r"[\d,]+ minor page faults per step", out), out
+  for label in ("MoE expert matmuls", "attention core (QK^T, PV, softmax)"):
+    row = _table_row(out, label)
+    assert float(row[1]) > 0 and float(row[2].rstrip("%")) > 0, row
+  total = sum(float(_table_row(out, line.split("|")[1].strip())[2].rstrip("%"))
+              for line in out.splitlines() if line.startswith("| ") and "%" in line)
+  assert abs(total - 100.0) < 0.5, out
