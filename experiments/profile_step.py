@@ -98,10 +98,10 @@ def main(argv=None) -> int:
         f"{jax.devices()[0].device_kind}; compile {compile_s:.1f} s")
   print(f"step {step_ms:.1f} ms untraced; {faults:,.0f} minor page faults per step "
         f"({faults * resource.getpagesize() / 2**20:,.0f} MB of freshly mapped pages)")
-  print(f"\n| where (op time summed over threads, traced) | ms/step | share |\n|---|---|---|")
+  print("\n| where (op time summed over threads, traced) | ms/step | share |\n|---|---|---|")
   for label, ms in per_category.most_common():
     print(f"| {label} | {ms:.1f} | {ms / total:.1%} |")
-  print(f"\nlargest ops:")
+  print("\nlargest ops:")
   for name, ms in per_op.most_common(8):
     print(f"  {ms:7.1f} ms  {name}  {op_names.get(name, '')[-70:]}")
   return 0

@@ -164,7 +164,7 @@ def _fwd_kernel(q_ref, k_ref, v_ref, qseg_ref, kseg_ref, sinks_ref, o_ref, lse_r
 
 def _fwd_call(q, k, v, q_seg, kv_seg, sinks, cfg):
   B, T, H, D = q.shape
-  S, KVH, Dv = k.shape[1], k.shape[2], v.shape[-1]
+  S, Dv = k.shape[1], v.shape[-1]
   G, bq, bk = cfg.groups, cfg.blocks.block_q, cfg.blocks.block_k
   kernel = functools.partial(_fwd_kernel, cfg=cfg, num_k=S // bk)
   return pl.pallas_call(

@@ -15,6 +15,29 @@ from jaxtrain.parallel import sequence
 from jaxtrain.parallel.rules import constrain
 
 
+def attend(q, k, v, segment_ids, positions, cache, *, sliding_window, sinks, impl, scale=None):
+  """Causal attention of `q` over `k`/`v`. Training (`cache` None): the sequence-parallel aware
+  path with the configured kernel. Decoding: writes the new keys/values into the cache at
+  `cache["index"]` and attends over everything written so far (reference kernel: T is tiny).
+  Returns `(out [B, T, H, Dv], new_cache)`."""
+  if cache is None:
+    out = sequence.attention(q, k, v, q_segment_ids=segment_ids, causal=True, sliding_window=sliding_window,
+                             sinks=sinks, scale=scale, impl=impl)
+    return out, None
+  index = cache["index"]
+  k_all = jax.lax.dynamic_update_slice_in_dim(cache["k"], k.astype(cache["k"].dtype), index, axis=1)
+  v_all = jax.lax.dynamic_update_slice_in_dim(cache["v"], v.astype(cache["v"].dtype), index, axis=1)
+  B, T = q.shape[:2]
+  S = k_all.shape[1]
+  kv_positions = jnp.broadcast_to(jnp.arange(S, dtype=jnp.int32), (B, S))
+  kv_segments = (kv_positions < index + T).astype(jnp.int32)
+  out = kernels.attention(q, k_all.astype(q.dtype), v_all.astype(q.dtype), q_segment_ids=segment_ids,
+                          kv_segment_ids=kv_segments * segment_ids[:, :1], q_positions=positions,
+                          kv_positions=kv_positions, causal=True, sliding_window=sliding_window, sinks=sinks,
+                          scale=scale, impl="xla")
+  return out, {"k": k_all, "v": v_all, "index": index}
+
+
 class Attention(nnx.Module):
 
   def __init__(self, cfg: ModelConfig, *, sliding_window: int, rngs: nnx.Rngs):
@@ -59,23 +82,8 @@ class Attention(nnx.Module):
     v = constrain(v, ("act_batch", "act_seq", "act_kv_heads", None))
     sinks = self.sinks[...] if cfg.attention_sinks else None
     window = self.sliding_window or None
-    if cache is None:
-      out = sequence.attention(q, k, v, q_segment_ids=segment_ids, causal=True, sliding_window=window,
-                               sinks=sinks, impl=cfg.attention_impl)
-      new_cache = None
-    else:
-      index = cache["index"]
-      k_all = jax.lax.dynamic_update_slice_in_dim(cache["k"], k.astype(cache["k"].dtype), index, axis=1)
-      v_all = jax.lax.dynamic_update_slice_in_dim(cache["v"], v.astype(cache["v"].dtype), index, axis=1)
-      S = k_all.shape[1]
-      B, T = x.shape[:2]
-      kv_positions = jnp.broadcast_to(jnp.arange(S, dtype=jnp.int32), (B, S))
-      kv_segments = (kv_positions < index + T).astype(jnp.int32)
-      out = kernels.attention(q, k_all.astype(q.dtype), v_all.astype(q.dtype), q_segment_ids=segment_ids,
-                              kv_segment_ids=kv_segments * segment_ids[:, :1], q_positions=positions,
-                              kv_positions=kv_positions, causal=True, sliding_window=window, sinks=sinks,
-                              impl="xla")
-      new_cache = {"k": k_all, "v": v_all, "index": index}
+    out, new_cache = attend(q, k, v, segment_ids, positions, cache, sliding_window=window, sinks=sinks,
+                            impl=cfg.attention_impl)
     out = constrain(out, ("act_batch", "act_seq", "act_heads", None))
     y = jnp.einsum("bthd,hde->bte", out, cast(self.o_proj[...], x.dtype))
     if cfg.attention_out_bias:

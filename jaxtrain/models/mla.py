@@ -13,15 +13,13 @@ interleaved variant computes.
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxtrain import kernels
+from jaxtrain.models.attention import attend
 from jaxtrain.models.config import ModelConfig
 from jaxtrain.models.layers import RMSNorm, cast, dtype_of, param
 from jaxtrain.models.rope import apply_rope, yarn_mscale
-from jaxtrain.parallel import sequence
 from jaxtrain.parallel.rules import constrain
 
 # The latent RMSNorms use this epsilon whatever rms_norm_eps is (as DeepSeek and HF do).
@@ -109,22 +107,8 @@ class MLAttention(nnx.Module):
     sinks = self.sinks[...] if cfg.attention_sinks else None
     window = self.sliding_window or None
     scale = softmax_scale(cfg)
-    if cache is None:
-      out = sequence.attention(q, k, v, q_segment_ids=segment_ids, causal=True, sliding_window=window, sinks=sinks,
-                               scale=scale, impl=cfg.attention_impl)
-      new_cache = None
-    else:
-      index = cache["index"]
-      k_all = jax.lax.dynamic_update_slice_in_dim(cache["k"], k.astype(cache["k"].dtype), index, axis=1)
-      v_all = jax.lax.dynamic_update_slice_in_dim(cache["v"], v.astype(cache["v"].dtype), index, axis=1)
-      S = k_all.shape[1]
-      kv_positions = jnp.broadcast_to(jnp.arange(S, dtype=jnp.int32), (B, S))
-      kv_segments = (kv_positions < index + T).astype(jnp.int32)
-      out = kernels.attention(q, k_all.astype(q.dtype), v_all.astype(q.dtype), q_segment_ids=segment_ids,
-                              kv_segment_ids=kv_segments * segment_ids[:, :1], q_positions=positions,
-                              kv_positions=kv_positions, causal=True, sliding_window=window, sinks=sinks,
-                              scale=scale, impl="xla")
-      new_cache = {"k": k_all, "v": v_all, "index": index}
+    out, new_cache = attend(q, k, v, segment_ids, positions, cache, sliding_window=window, sinks=sinks,
+                            impl=cfg.attention_impl, scale=scale)
     out = constrain(out, ("act_batch", "act_seq", "act_heads", None))
     y = jnp.einsum("bthd,hde->bte", out, cast(self.o_proj[...], dtype))
     if cfg.attention_out_bias:

@@ -18,7 +18,6 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from jaxtrain.models.layers import dtype_of
 from jaxtrain.parallel.rules import constrain
 from jaxtrain.train.loss import token_losses
 from jaxtrain.train.state import TrainState

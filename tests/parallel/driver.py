@@ -9,7 +9,6 @@ Orbax checkpoint collectively, and reports which exchange collectives the step l
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding
 from ml_collections import ConfigDict
