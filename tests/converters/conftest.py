@@ -138,6 +138,35 @@ def jax_logits_and_loss(model, toks: np.ndarray):
   return np.asarray(logits), float(loss)
 
 
+def assert_logits_and_loss_match(name: str, model, hf_model, toks: np.ndarray) -> None:
+  """fp32 logits within 1e-4 and the loss within 1e-5 (relative) of transformers'; prints the
+  measured errors (`pytest -s`: experiments/RESULTS.md quotes them)."""
+  ref_logits, ref_loss = hf_logits_and_loss(hf_model, toks)
+  logits, loss = jax_logits_and_loss(model, toks)
+  err = float(np.abs(logits - ref_logits).max())
+  print(f"PARITY {name}: max|logits diff|={err:.3g} (max|logit|={np.abs(ref_logits).max():.3g}), "
+        f"loss jaxtrain={loss:.7f} transformers={ref_loss:.7f} diff={abs(loss - ref_loss):.3g}")
+  assert err <= 1e-4, name
+  assert abs(loss - ref_loss) <= 1e-5 * max(1.0, abs(ref_loss)), name
+
+
+def assert_export_is_exact_and_reloads(hf_dir: str, exported_dir: str, hf_model) -> None:
+  """Every tensor of the export is bit-identical to the original HF checkpoint, and transformers
+  loads the export with no missing/unexpected/mismatched keys and gives the same logits."""
+  import transformers
+
+  from jaxtrain.converters.safetensors_io import WeightDir
+  original, exported = WeightDir(hf_dir), WeightDir(exported_dir)
+  assert sorted(original.infos) == sorted(exported.infos)
+  for key in original.infos:
+    assert exported.read(key).tobytes() == original.read(key).tobytes(), key
+  reloaded, info = transformers.AutoModelForCausalLM.from_pretrained(exported_dir, output_loading_info=True,
+                                                                     attn_implementation="eager")
+  assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"], info
+  toks = tokens(2, 13, seed=4)
+  np.testing.assert_array_equal(hf_logits_and_loss(reloaded.eval(), toks)[0], hf_logits_and_loss(hf_model, toks)[0])
+
+
 @pytest.fixture
 def hf_dir(tmp_path):
   return str(tmp_path / "hf")

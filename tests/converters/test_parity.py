@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 
-from tests.converters.conftest import CONFIGS, build_hf, hf_logits_and_loss, jax_logits_and_loss, tokens
+from tests.converters.conftest import CONFIGS, assert_logits_and_loss_match, build_hf, tokens
 
 import jaxtrain
 from jaxtrain.converters import load as load_lib
@@ -19,16 +19,8 @@ from jaxtrain.converters import load as load_lib
 def test_logits_and_loss_match_transformers(name, hf_dir):
   model_type, kwargs = CONFIGS[name]
   hf = build_hf(model_type, hf_dir, seed=len(name), **kwargs)
-  toks = tokens(2, 21, seed=len(name))
-  ref_logits, ref_loss = hf_logits_and_loss(hf, toks)
   model = jaxtrain.from_pretrained(hf_dir, dtype="float32")
-  logits, loss = jax_logits_and_loss(model, toks)
-  err = float(np.abs(logits - ref_logits).max())
-  scale = float(np.abs(ref_logits).max())
-  print(f"PARITY {name}: max|logits diff|={err:.3g} (max|logit|={scale:.3g}), "
-        f"loss jaxtrain={loss:.7f} transformers={ref_loss:.7f} diff={abs(loss - ref_loss):.3g}")
-  assert err <= 1e-4, name
-  assert abs(loss - ref_loss) <= 1e-5 * max(1.0, abs(ref_loss)), name
+  assert_logits_and_loss_match(name, model, hf, tokens(2, 21, seed=len(name)))
 
 
 def test_in_place_streaming_path_is_identical(hf_dir, monkeypatch):

@@ -14,27 +14,19 @@ from tests.models.hf_families import GPT_OSS, build, torch, transformers
 import jaxtrain
 from jaxtrain.converters import export_hf, from_hf, import_hf, to_hf
 from jaxtrain.converters.signature import signature_diff
-from jaxtrain.converters.safetensors_io import WeightDir
 from jaxtrain.models.config import ModelConfig
-from tests.converters.conftest import hf_logits_and_loss, jax_logits_and_loss, tokens
+from tests.converters.conftest import assert_export_is_exact_and_reloads, assert_logits_and_loss_match, tokens
 
 
 @pytest.mark.parametrize("name", list(GPT_OSS))
 def test_logits_and_loss_match_transformers(name, tmp_path):
   hf = build("gpt_oss", str(tmp_path), seed=len(name), **GPT_OSS[name])
-  toks = tokens(2, 21, seed=len(name))
-  ref_logits, ref_loss = hf_logits_and_loss(hf, toks)
   model = jaxtrain.from_pretrained(str(tmp_path))
   cfg = model.cfg
   assert cfg.attention_sinks and cfg.expert_bias and cfg.expert_activation == "clamped_swiglu"
   assert [cfg.layer_window(i) for i in range(cfg.num_layers)] == [
       GPT_OSS[name]["sliding_window"] if t == "sliding_attention" else 0 for t in hf.config.layer_types]
-  logits, loss = jax_logits_and_loss(model, toks)
-  err = float(np.abs(logits - ref_logits).max())
-  print(f"PARITY {name}: max|logits diff|={err:.3g} (max|logit|={np.abs(ref_logits).max():.3g}), "
-        f"loss jaxtrain={loss:.7f} transformers={ref_loss:.7f} diff={abs(loss - ref_loss):.3g}")
-  assert err <= 1e-4, name
-  assert abs(loss - ref_loss) <= 1e-5 * max(1.0, abs(ref_loss)), name
+  assert_logits_and_loss_match(name, model, hf, tokens(2, 21, seed=len(name)))
 
 
 def test_clamped_swiglu_matches_transformers():
@@ -64,15 +56,7 @@ def test_import_export_round_trip_and_transformers_reload(tmp_path):
   hf = build("gpt_oss", hf_dir, seed=3, **GPT_OSS[name])
   import_hf(hf_dir, ckpt)
   export_hf(ckpt, out)
-  original, exported = WeightDir(hf_dir), WeightDir(out)
-  assert sorted(original.infos) == sorted(exported.infos)
-  for key in original.infos:
-    assert exported.read(key).tobytes() == original.read(key).tobytes(), key
-  reloaded, info = transformers.AutoModelForCausalLM.from_pretrained(out, output_loading_info=True,
-                                                                     attn_implementation="eager")
-  assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"], info
-  toks = tokens(2, 13, seed=4)
-  np.testing.assert_array_equal(hf_logits_and_loss(reloaded.eval(), toks)[0], hf_logits_and_loss(hf, toks)[0])
+  assert_export_is_exact_and_reloads(hf_dir, out, hf)
 
 
 def test_config_round_trip(tmp_path):
