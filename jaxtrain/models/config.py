@@ -103,7 +103,7 @@ class ModelConfig:
   moe_impl: str = "dropless"
   capacity_factor: float = 1.25
   aux_loss_weight: float = 0.001
-  seq_aux_loss_weight: float = 0.0  # DeepSeek-V3 sequence-wise balance loss (per sequence row)
+  seq_aux_loss_weight: float = 0.0  # DeepSeek-V3 sequence-wise balance loss (per packed document)
   z_loss_weight: float = 0.0
   # Numerics and memory.
   dtype: str = "float32"  # compute dtype; params stay in param_dtype (fp32 masters)

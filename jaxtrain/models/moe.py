@@ -73,18 +73,25 @@ def load_balancing_loss(probs, ids, valid, num_experts):
   return num_experts * jnp.sum(f * p)
 
 
-def sequence_balance_loss(probs, ids, valid, num_experts, batch):
-  """DeepSeek-V3's sequence-wise balance loss, per row of the batch and averaged over rows:
-  sum_i f_i * P_i with f_i = X / (K * T) * (tokens of the row that picked expert i) and P_i the
-  row's mean normalised affinity of expert i, both over the row's valid tokens."""
+def sequence_balance_loss(probs, ids, segment_ids, num_experts):
+  """DeepSeek-V3's sequence-wise balance loss, per *document* and averaged over documents:
+  sum_i f_i * P_i with f_i = X / (K * T_d) * (tokens of the document that picked expert i) and
+  P_i the document's mean normalised affinity of expert i. A document is a (row, segment id)
+  pair, so packing several documents into a row gives each its own term, as if unpacked;
+  segment 0 (padding) is ignored."""
   N, K = ids.shape
-  v = valid.reshape(batch, -1).astype(jnp.float32)  # [B, T]
-  n = jnp.sum(v, axis=1)  # [B]
-  picked = jnp.sum(jax.nn.one_hot(ids, num_experts, dtype=jnp.float32), axis=1).reshape(batch, -1, num_experts)
-  f = num_experts * jnp.sum(picked * v[..., None], axis=1) / (K * jnp.maximum(n, 1.0))[:, None]
-  p = jnp.sum(probs.reshape(batch, -1, num_experts) * v[..., None], axis=1) / jnp.maximum(n, 1.0)[:, None]
-  rows = (n > 0).astype(jnp.float32)
-  return jnp.sum(jnp.sum(f * p, axis=-1) * rows) / jnp.maximum(jnp.sum(rows), 1.0)
+  B, T = segment_ids.shape
+  valid = (segment_ids != 0).reshape(-1)
+  doc = (jnp.arange(B, dtype=jnp.int32)[:, None] * (T + 1) + segment_ids).reshape(-1)  # [N]
+  num_docs = B * (T + 1)
+  picked = jnp.sum(jax.nn.one_hot(ids, num_experts, dtype=jnp.float32), axis=1)  # [N, X]
+  v = valid.astype(jnp.float32)[:, None]
+  counts = jax.ops.segment_sum(picked * v, doc, num_segments=num_docs)  # [D, X]
+  prob_sums = jax.ops.segment_sum(probs * v, doc, num_segments=num_docs)  # [D, X]
+  n = jax.ops.segment_sum(v[:, 0], doc, num_segments=num_docs)  # [D]
+  per_doc = num_experts / K * jnp.sum(counts * prob_sums, axis=-1) / jnp.maximum(n, 1.0) ** 2
+  present = (n > 0).astype(jnp.float32)
+  return jnp.sum(per_doc * present) / jnp.maximum(jnp.sum(present), 1.0)
 
 
 def router_z_loss(logits, valid):
@@ -141,7 +148,7 @@ class MoE(nnx.Module):
       y = y + shared
     aux = {
         "aux_loss": load_balancing_loss(probs, ids, valid, cfg.num_experts),
-        "seq_aux_loss": sequence_balance_loss(probs, ids, valid, cfg.num_experts, B),
+        "seq_aux_loss": sequence_balance_loss(probs, ids, segment_ids, cfg.num_experts),
         "z_loss": router_z_loss(logits, valid),
         "load": load,
         "dropped": dropped,

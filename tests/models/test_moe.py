@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from jaxtrain.models.moe import load_balancing_loss, route
+from jaxtrain.models.moe import load_balancing_loss, route, sequence_balance_loss
 from jaxtrain.parallel import expert
 from tests.helpers import tiny_moe
 
@@ -126,3 +126,50 @@ def test_cpu_blocked_path_matches_reference_with_gradients(with_bias):
   np.testing.assert_array_equal(load, ref_load)
   for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads)):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def _random_routing(tokens: int, experts: int, k: int, seed: int):
+  rng = np.random.default_rng(seed)
+  probs = rng.dirichlet(np.ones(experts), size=tokens).astype(np.float32)
+  ids = np.argsort(-probs, axis=1)[:, :k].astype(np.int32)
+  return probs, ids
+
+
+def test_sequence_balance_loss_is_the_deepseek_formula_per_document():
+  """sum_i f_i P_i per document (f_i = X/(K T_d) * picks of expert i, P_i = mean affinity),
+  averaged over the documents present; padding (segment 0) counts nowhere."""
+  X, K = 6, 2
+  segment_ids = np.array([[1, 1, 1, 2, 2, 0, 0], [1, 1, 1, 1, 1, 1, 0]], np.int32)
+  probs, ids = _random_routing(segment_ids.size, X, K, seed=0)
+  terms = []
+  for b in range(segment_ids.shape[0]):
+    for d in set(segment_ids[b].tolist()) - {0}:
+      rows = b * segment_ids.shape[1] + np.flatnonzero(segment_ids[b] == d)
+      f = X / (K * len(rows)) * np.bincount(ids[rows].ravel(), minlength=X)
+      terms.append(np.sum(f * probs[rows].mean(axis=0)))
+  got = sequence_balance_loss(jnp.asarray(probs), jnp.asarray(ids), jnp.asarray(segment_ids), X)
+  assert len(terms) == 3
+  np.testing.assert_allclose(float(got), np.mean(terms), rtol=1e-6)
+
+
+def test_sequence_balance_loss_is_unchanged_by_packing():
+  """Two documents packed into one row give the same loss, and the same gradient w.r.t. the
+  router affinities, as the same documents in rows of their own."""
+  X, K, la, lb = 8, 2, 5, 7
+  probs, ids = _random_routing(la + lb, X, K, seed=1)
+  packed_seg = np.array([[1] * la + [2] * lb], np.int32)
+  T = la + lb
+  pad = lambda n: np.zeros((T - n,) + probs.shape[1:], np.float32)
+  alone_probs = np.concatenate([probs[:la], pad(la), probs[la:], pad(lb)])
+  alone_ids = np.concatenate([ids[:la], np.zeros((T - la, K), np.int32), ids[la:], np.zeros((T - lb, K), np.int32)])
+  alone_seg = np.array([[1] * la + [0] * (T - la), [1] * lb + [0] * (T - lb)], np.int32)
+
+  loss = lambda p, i, s: sequence_balance_loss(p, i, s, X)
+  packed, g_packed = jax.value_and_grad(loss)(jnp.asarray(probs), jnp.asarray(ids), jnp.asarray(packed_seg))
+  alone, g_alone = jax.value_and_grad(loss)(jnp.asarray(alone_probs), jnp.asarray(alone_ids), jnp.asarray(alone_seg))
+  np.testing.assert_allclose(float(packed), float(alone), rtol=1e-6)
+  g_alone = np.asarray(g_alone)
+  np.testing.assert_allclose(np.asarray(g_packed), np.concatenate([g_alone[:la], g_alone[T:T + lb]]), rtol=1e-5)
+  # Per row instead of per document would mix the two documents' statistics:
+  whole_row = sequence_balance_loss(jnp.asarray(probs), jnp.asarray(ids), jnp.ones((1, T), jnp.int32), X)
+  assert abs(float(whole_row) - float(packed)) > 1e-3
