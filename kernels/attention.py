@@ -17,8 +17,11 @@ Implementations (`impl`):
   (decoding) use the reference.
 - "cudnn": `jax.nn.dot_product_attention(implementation="cudnn")` on CUDA GPUs; features it
   lacks (sinks, explicit positions, fp32, ...) use the reference.
-- "auto": "pallas" on GPU (the only one of the three that covers every feature with O(T)
-  memory; pending measured numbers from experiments/bench_kernels.py), "xla" elsewhere.
+- "chunked": `attention_chunked.chunked_attention`, the same blockwise algorithm in pure JAX
+  (lax.scan, custom VJP): O(T) memory on every backend, and faster than the reference on CPU
+  from T=512 on; calls that fit in one block are the reference.
+- "auto": "pallas" on GPU (covers every feature with O(T) memory; pending measured numbers from
+  experiments/bench_kernels.py), "chunked" everywhere else (CPU, TPU, NPU plugins).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxtrain.kernels import dispatch
+from jaxtrain.kernels.attention_chunked import chunked_attention
 from jaxtrain.kernels.cudnn_attention import cudnn_attention
 from jaxtrain.kernels.flash_attention import flash_attention
 
@@ -88,7 +92,9 @@ def attention_reference(q, k, v, *, q_segment_ids=None, kv_segment_ids=None, q_p
 dispatch.register("attention", "xla", attention_reference, reference=True)
 dispatch.register("attention", "pallas", flash_attention)
 dispatch.register("attention", "cudnn", cudnn_attention)
+dispatch.register("attention", "chunked", chunked_attention)
 dispatch.set_auto("attention", "gpu", "pallas")
+dispatch.set_auto("attention", "*", "chunked")
 
 
 def attention(q, k, v, *, q_segment_ids=None, kv_segment_ids=None, q_positions=None, kv_positions=None,

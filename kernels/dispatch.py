@@ -13,7 +13,8 @@ log = logging.getLogger("jaxtrain.kernels")
 
 _REGISTRY: dict[str, dict[str, Callable]] = {}
 # Per op: which implementation "auto" picks on each platform (from measured results; see
-# experiments/RESULTS.md). Platforms not listed use the op's reference.
+# experiments/RESULTS.md). Platform "*" covers the platforms not listed (e.g. NPU plugins);
+# without it they use the op's reference.
 _AUTO: dict[str, dict[str, str]] = {}
 _REFERENCE: dict[str, str] = {}
 _warned: set[tuple[str, str, str]] = set()
@@ -42,7 +43,8 @@ def resolve(op: str, impl: str) -> tuple[str, Callable]:
   implementations that cannot run on this backend fall back to the reference."""
   table = _REGISTRY[op]
   if impl == "auto":
-    impl = _AUTO.get(op, {}).get(platform(), _REFERENCE[op])
+    auto = _AUTO.get(op, {})
+    impl = auto.get(platform(), auto.get("*", _REFERENCE[op]))
   if impl not in table:
     raise ValueError(f"unknown {op} implementation {impl!r}; choose one of {implementations(op)}")
   supported = getattr(table[impl], "supported", None)

@@ -37,3 +37,16 @@ def test_pallas_attention_and_gmm_match_xla_in_the_model():
   np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
   for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads)):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_chunked_attention_matches_xla_in_the_model(monkeypatch):
+  """Blocks of 8 over 24 tokens: every layer really runs blockwise (sinks, a sliding window,
+  packed documents and padding included)."""
+  from jaxtrain.kernels import attention_chunked
+  monkeypatch.setattr(attention_chunked, "BLOCK_Q", 8)
+  monkeypatch.setattr(attention_chunked, "BLOCK_K", 8)
+  ref_loss, ref_grads = _loss_and_grads("xla", "xla")
+  loss, grads = _loss_and_grads("chunked", "xla")
+  np.testing.assert_allclose(loss, ref_loss, rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
