@@ -170,6 +170,8 @@ def main(argv=None):
   p.add_argument("--head-dim", type=int, default=None)
   p.add_argument("--dtype", default="bfloat16")
   p.add_argument("--iters", type=int, default=None)
+  p.add_argument("--impls", default=None, help="attention implementations, comma-separated "
+                 "(default: pallas,xla and chunked on CPU, cudnn on GPU)")
   p.add_argument("--sweep", action="store_true", help="also time the pallas kernels under several block sizes")
   p.add_argument("--budget-s", type=float, default=BUDGET_S, help="timed seconds per case at most")
   p.add_argument("--out", default=os.environ.get("OUT"), help="folder for bench_kernels.md/.json (default $OUT)")
@@ -186,7 +188,8 @@ def main(argv=None):
   head_dim = args.head_dim or (32 if small else 128)
   iters = args.iters or (2 if small else 10)
   dtype = jnp.dtype(args.dtype)
-  impls = ["pallas", "xla"] + ([] if small else ["cudnn"])
+  # chunked is the default off GPU; on GPU it is opt-in (--impls) to keep gpu_check.sh's budget.
+  impls = args.impls.split(",") if args.impls else ["pallas", "xla"] + (["chunked"] if small else ["cudnn"])
   print(f"backend={backend} device={device} jax={jax.__version__}", flush=True)
 
   rows: list[dict] = []
