@@ -14,7 +14,8 @@ import pytest
 
 from jaxtrain.kernels import attention, attention_reference, resolve
 from jaxtrain.kernels.attention_chunked import chunked_attention
-from tests.kernels.test_flash_attention import CASES, LAYOUTS, inputs, max_rel_err, segments, value_and_grads
+from tests.kernels.test_flash_attention import (CASES, assert_matches_reference, inputs, max_rel_err, segments,
+                                                value_and_grads)
 
 
 def chunked(block_q=16, block_k=8):
@@ -23,21 +24,7 @@ def chunked(block_q=16, block_k=8):
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_fp32_matches_reference(case):
-  B, T, H, KVH, D, Dv, causal, window, sinks, _ = CASES[case]
-  q, k, v, s, cot, rng = inputs(B, T, H, KVH, D, Dv, seed=len(case), sinks=sinks)
-  kw = dict(causal=causal, sliding_window=window)
-  got_fn, want_fn = value_and_grads(chunked(), jnp.float32, **kw), value_and_grads(attention_reference, jnp.float32, **kw)
-  for layout in LAYOUTS[:3 if B > 1 else 2]:
-    seg = segments(B, T, layout, rng)
-    got, want = got_fn(q, k, v, s, seg, cot), want_fn(q, k, v, s, seg, cot)
-    for name, a, b in zip(("out", "dq", "dk", "dv", "dsinks"), got, want):
-      if b is None:
-        assert a is None
-        continue
-      assert max_rel_err(a, b) <= 1e-5, (layout, name)
-    pad = np.asarray(seg) == 0  # padding rows: zero output, zero gradient
-    assert not np.any(np.asarray(got[0])[pad]), layout
-    assert not np.any(np.asarray(got[1])[pad]), layout
+  assert_matches_reference(chunked(), case)
 
 
 def test_bf16_within_stated_tolerance():
