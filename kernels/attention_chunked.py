@@ -17,10 +17,11 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-_MASKED = -1e30  # finite: fully masked rows never produce inf - inf
-# Default block sizes (rows of queries / keys per step), read at call time. Measured on 2 CPU
-# cores, fwd+bwd, B=8, H=4, D=32 (experiments/RESULTS.md): 256 beat 128, 512 and 1024 at
-# T = 1k and 2k, and the reference by 1.6x at T=512 and 2.9x at T=2048.
+from jaxtrain.kernels.attention_xla import MASKED, attention_mask, attention_reference, fill_defaults
+
+# Default block sizes (rows of queries / keys per step), read at call time. On 2 CPU cores
+# (fwd+bwd, B=8, H=4, D=32) 256 beat 128, 512 and 1024 at T = 1k and 2k; with it the chunked
+# path is 1.2x-2.6x faster than the reference at T = 512-2048 (experiments/RESULTS.md).
 BLOCK_Q = 256
 BLOCK_K = 256
 
@@ -32,21 +33,12 @@ class _Cfg(NamedTuple):
   has_sinks: bool
 
 
-def _block_mask(q_seg, kv_seg, q_pos, kv_pos, cfg):
-  """`[B, bq, bk]` allowed (query, key) pairs of one block pair."""
-  mask = (q_seg[:, :, None] == kv_seg[:, None, :]) & (q_seg[:, :, None] != 0)
-  if cfg.causal:
-    mask &= kv_pos[:, None, :] <= q_pos[:, :, None]
-  if cfg.sliding_window:
-    mask &= q_pos[:, :, None] - kv_pos[:, None, :] < cfg.sliding_window
-  return mask
-
-
 def _scores(qb, kb, q_seg, kv_seg, q_pos, kv_pos, cfg):
-  """Scaled fp32 logits `[B, KVH, G, bq, bk]` with masked pairs at _MASKED, and the mask."""
-  mask = _block_mask(q_seg, kv_seg, q_pos, kv_pos, cfg)[:, None, None]
+  """Scaled fp32 logits `[B, KVH, G, bq, bk]` with masked pairs at MASKED, and the mask."""
+  mask = attention_mask(q_seg, kv_seg, q_pos, kv_pos, causal=cfg.causal,
+                        sliding_window=cfg.sliding_window)[:, None, None]
   s = jnp.einsum("bkgqd,bksd->bkgqs", qb, kb, preferred_element_type=jnp.float32) * cfg.scale
-  return jnp.where(mask, s, _MASKED), mask
+  return jnp.where(mask, s, MASKED), mask
 
 
 def _forward(q, k, v, q_seg, kv_seg, q_pos, kv_pos, sinks, cfg):
@@ -68,7 +60,7 @@ def _forward(q, k, v, q_seg, kv_seg, q_pos, kv_pos, sinks, cfg):
       pv = jnp.einsum("bkgqs,bksd->bkgqd", p.astype(vb.dtype), vb, preferred_element_type=jnp.float32)
       return (m_new, l, acc * corr[..., None] + pv), None
 
-    init = (jnp.full((B, KVH, G, bq), _MASKED, jnp.float32), jnp.zeros((B, KVH, G, bq), jnp.float32),
+    init = (jnp.full((B, KVH, G, bq), MASKED, jnp.float32), jnp.zeros((B, KVH, G, bq), jnp.float32),
             jnp.zeros((B, KVH, G, bq, Dv), jnp.float32))
     (m, l, acc), _ = jax.lax.scan(step, init, (k, v, kv_seg, kv_pos))
     if cfg.has_sinks:  # the sink joins the denominator only
@@ -150,8 +142,6 @@ def chunked_attention(q, k, v, *, q_segment_ids=None, kv_segment_ids=None, q_pos
                       causal=True, sliding_window=None, sinks=None, scale=None, block_q=None, block_k=None):
   """Attention with O(T) memory on any backend; a call that fits in one block of queries and
   one of keys is the reference itself (nothing to save)."""
-  from jaxtrain.kernels.attention import _defaults, attention_reference  # attention.py imports this module
-
   B, T, H, D = q.shape
   S, KVH, Dv = k.shape[1], k.shape[2], v.shape[-1]
   block_q, block_k = block_q or BLOCK_Q, block_k or BLOCK_K
@@ -159,7 +149,7 @@ def chunked_attention(q, k, v, *, q_segment_ids=None, kv_segment_ids=None, q_pos
     return attention_reference(q, k, v, q_segment_ids=q_segment_ids, kv_segment_ids=kv_segment_ids,
                                q_positions=q_positions, kv_positions=kv_positions, causal=causal,
                                sliding_window=sliding_window, sinks=sinks, scale=scale)
-  q_seg, kv_seg, q_pos, kv_pos = _defaults(q, k, q_segment_ids, kv_segment_ids, q_positions, kv_positions)
+  q_seg, kv_seg, q_pos, kv_pos = fill_defaults(q, k, q_segment_ids, kv_segment_ids, q_positions, kv_positions)
   G = H // KVH
   bq, bk = min(block_q, T), min(block_k, S)
   T_pad, S_pad = -(-T // bq) * bq, -(-S // bk) * bk

@@ -18,6 +18,8 @@ import logging
 import jax
 import jax.numpy as jnp
 
+from jaxtrain.kernels.attention_xla import attention_reference
+
 log = logging.getLogger("jaxtrain.kernels")
 _warned: set[str] = set()
 
@@ -47,7 +49,6 @@ def _unsupported_reason(q, k, v, *, q_positions, kv_positions, causal, sliding_w
 
 
 def _fallback(reason, **kwargs):
-  from jaxtrain.kernels.attention import attention_reference  # attention.py imports this module
   if reason not in _warned:
     _warned.add(reason)
     log.warning("cudnn attention cannot handle %s; using the XLA reference for such calls", reason)

@@ -40,6 +40,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 
 from jaxtrain.kernels import pallas_backend as pb
+from jaxtrain.kernels.attention_xla import attention_reference
 
 log = logging.getLogger("jaxtrain.kernels")
 _MASKED = -1e30
@@ -335,7 +336,6 @@ _flash.defvjp(_flash_fwd, _flash_bwd)
 # ----------------------------------------------------------------------------- entry point
 
 def _fallback(reason: str, **kwargs):
-  from jaxtrain.kernels.attention import attention_reference  # attention.py imports this module
   if reason not in _warned:
     _warned.add(reason)
     log.warning("pallas flash attention: %s; using the XLA reference for such calls", reason)
