@@ -79,7 +79,7 @@ def sequence_balance_loss(probs, ids, segment_ids, num_experts):
   P_i the document's mean normalised affinity of expert i. A document is a (row, segment id)
   pair, so packing several documents into a row gives each its own term, as if unpacked;
   segment 0 (padding) is ignored."""
-  N, K = ids.shape
+  K = ids.shape[1]
   B, T = segment_ids.shape
   valid = (segment_ids != 0).reshape(-1)
   doc = (jnp.arange(B, dtype=jnp.int32)[:, None] * (T + 1) + segment_ids).reshape(-1)  # [N]
