@@ -12,7 +12,7 @@ The architecture is that of configs/moonlight_16b_a3b_sft.py (and DeepSeek-V3 / 
 toy sizes; the rope is yarn as in DeepSeek-V3.
 """
 
-from jaxtrain.config import defaults
+from jaxtrain import defaults
 
 
 def get_config():

@@ -16,7 +16,7 @@ The architecture fields are gpt-oss-20b's config.json; with model.init_from set 
 against the checkpoint (any difference is an error naming the field).
 """
 
-from jaxtrain.config import defaults
+from jaxtrain import defaults
 
 
 def get_config():

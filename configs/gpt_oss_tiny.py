@@ -10,7 +10,7 @@ Python standard library's source (no download).
 The architecture is that of configs/gpt_oss_20b_sft.py at toy sizes.
 """
 
-from jaxtrain.config import defaults
+from jaxtrain import defaults
 
 
 def get_config():

@@ -22,7 +22,7 @@ The architecture fields are Moonlight-16B-A3B's config.json; with model.init_fro
 checked against the checkpoint (any difference is an error naming the field).
 """
 
-from jaxtrain.config import defaults
+from jaxtrain import defaults
 
 
 def get_config():

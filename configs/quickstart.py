@@ -7,7 +7,7 @@ Finishes in a few minutes on 2 CPU cores and prints the held-out loss next to a 
 model's, then a short generated sample.
 """
 
-from jaxtrain.config import defaults
+from jaxtrain import defaults
 
 
 def get_config():

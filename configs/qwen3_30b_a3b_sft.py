@@ -17,7 +17,7 @@ The architecture fields are Qwen3-30B-A3B's config.json; with model.init_from se
 checked against the checkpoint (any difference is an error naming the field).
 """
 
-from jaxtrain.config import defaults
+from jaxtrain import defaults
 
 
 def get_config():

@@ -5,7 +5,7 @@ library, for CPU runs and tests.
     python -m jaxtrain.main --config configs/qwen3_30b_a3b_tiny.py
 """
 
-from jaxtrain.config import defaults
+from jaxtrain import defaults
 
 
 def get_config():

@@ -14,7 +14,8 @@ Everything else here runs without torch.
 
 from jaxtrain.converters.errors import ConversionError
 from jaxtrain.converters.export import export_hf, import_hf, save_hf
-from jaxtrain.converters.hf_config import FAMILIES, from_hf, model_config_from_hf, to_hf
+from jaxtrain.converters.families import FAMILIES
+from jaxtrain.converters.hf_config import from_hf, model_config_from_hf, to_hf
 from jaxtrain.converters.load import from_pretrained, load_params
 from jaxtrain.converters.resolve import resolve_model_section
 

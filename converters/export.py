@@ -8,7 +8,7 @@ Tensors are produced one at a time (slice the parameter on device, transpose on 
 write), so host memory holds one tensor beyond the parameters.
 
 `import_hf` streams an HF directory into a jaxtrain checkpoint (`OUT/checkpoints/0`, plus the
-resolved run config in `OUT/config.json`) that `model.init_from`, `from_pretrained` and
+resolved model section in `OUT/config.json`) that `model.init_from`, `from_pretrained` and
 `export_hf` accept.
 """
 
@@ -24,12 +24,23 @@ import shutil
 import jax
 import numpy as np
 from flax import nnx
-
-from jaxtrain.converters import hf_config, tables
+from jaxtrain.converters import families, hf_config, tables
 from jaxtrain.converters.errors import ConversionError
-from jaxtrain.converters.load import checkpoint_model_section, load_checkpoint_params, load_hf_params, progress_bar
+from jaxtrain.converters.load import (
+  checkpoint_model_section,
+  load_checkpoint_params,
+  load_hf_params,
+  progress_bar,
+  split_variables,
+)
 from jaxtrain.converters.safetensors_io import OutTensor, numpy_dtype, parse_size, write_sharded
 from jaxtrain.converters.signature import signature_diff
+from ml_collections import ConfigDict
+
+from jaxtrain import checkpoint
+from jaxtrain import config as config_lib
+from jaxtrain.models import config as model_config
+from jaxtrain.models.config import ModelConfig
 
 log = logging.getLogger("jaxtrain.converters")
 
@@ -78,7 +89,6 @@ def _fetch(arr: jax.Array, index: tuple) -> np.ndarray:
 def hf_config_for(model_cfg, *, dtype: str, base: dict | None = None) -> dict:
   """The config.json to write: `base` (the config.json the run started from) when it describes
   the same numerics, else one generated from `model_cfg`; either way checked by reading it back."""
-  from jaxtrain.models.config import ModelConfig
   if base is not None:
     try:
       same = (base.get("model_type") == model_cfg.arch
@@ -91,7 +101,7 @@ def hf_config_for(model_cfg, *, dtype: str, base: dict | None = None) -> dict:
       hf["dtype"] = dtype
       if "torch_dtype" in hf:
         hf["torch_dtype"] = dtype
-      hf.setdefault("architectures", [hf_config.ARCHITECTURES[hf["model_type"]]])
+      hf.setdefault("architectures", [families.get(hf["model_type"]).architecture])
       return hf
     log.warning("the model no longer matches the config.json it started from; writing a config generated "
                 "from the model config (token ids are kept)")
@@ -115,7 +125,7 @@ def save_hf(params, model_cfg, out: str, *, dtype: str = "float32", base_config:
   out_dtype = numpy_dtype(dtype)
   dtype_name = {np.dtype(np.float32): "float32", np.dtype(np.float16): "float16"}.get(out_dtype, "bfloat16")
   hf = hf_config_for(model_cfg, dtype=dtype_name, base=base_config)
-  fam = tables.family(hf["model_type"])
+  fam = families.get(hf["model_type"]).weights
   flat = {path: (var.get_value() if isinstance(var, nnx.Variable) else var) for path, var in nnx.to_flat_state(params)}
   shapes = {p: tuple(a.shape) for p, a in flat.items()}
   entries = tables.plan(model_cfg, fam)
@@ -180,7 +190,6 @@ def _saved_hf_base(saved: dict) -> tuple[dict | None, str | None]:
 def export_hf(ckpt: str, out: str, *, dtype: str | None = None, step: int | None = None, force: bool = False,
               max_shard_size: str | int = "5GB", progress: bool | None = None, mesh=None) -> str:
   """A jaxtrain checkpoint, workdir or import-hf directory -> a Hugging Face directory."""
-  from jaxtrain.models.config import ModelConfig
   ckpt = os.path.expanduser(ckpt)
   if not os.path.exists(ckpt):
     raise ConversionError(f"{ckpt}: no such checkpoint or workdir")
@@ -199,52 +208,26 @@ def export_hf(ckpt: str, out: str, *, dtype: str | None = None, step: int | None
                  max_shard_size=max_shard_size, force=force, progress=progress)
 
 
-def save_params_checkpoint(directory: str, params, config: dict, step: int = 0) -> None:
-  """A params-only checkpoint in the layout of `jaxtrain.train.checkpoint` (items state =
-  {"params": ...}, data, config). Written uncompressed: tensorstore's compressed writer buffers
-  a second copy of the arrays in host memory, and trained weights barely compress."""
-  import orbax.checkpoint as ocp
-
-  from jaxtrain.converters.load import split_variables
-  params, model_state = split_variables(params)
-  item = {"params": params} if model_state is None else {"params": params, "model_state": model_state}
-  manager = ocp.CheckpointManager(
-      directory, options=ocp.CheckpointManagerOptions(enable_async_checkpointing=False, create=True),
-      item_names=("state", "data", "config"),
-      item_handlers={"state": ocp.PyTreeCheckpointHandler(use_compression=False),
-                     "data": ocp.JsonCheckpointHandler(), "config": ocp.JsonCheckpointHandler()})
-  try:
-    manager.save(step, args=ocp.args.Composite(state=ocp.args.PyTreeSave(item),
-                                               data=ocp.args.JsonSave({"iterator": None}),
-                                               config=ocp.args.JsonSave(config)), force=True)
-    manager.wait_until_finished()
-  finally:
-    manager.close()
-
-
 def import_hf(hf_dir: str, out: str, *, force: bool = False, progress: bool | None = None, mesh=None) -> str:
   """An HF directory -> a jaxtrain checkpoint at `out/checkpoints/0` (fp32 parameters only) with
   the resolved run config (`model.init_from` = the HF directory) saved inside and as
   `out/config.json`."""
-  from jaxtrain import config as config_lib
-  from jaxtrain.models import config as model_config
-  from jaxtrain.models.config import ModelConfig
-  from jaxtrain.train.checkpoint import checkpoint_dir
   hf_dir = os.path.abspath(os.path.expanduser(hf_dir))
   if not hf_config.is_hf_dir(hf_dir):
     raise ConversionError(f"{hf_dir}: not a Hugging Face model directory (no config.json with a model_type)")
   section = hf_config.model_config_from_hf(hf_dir)
   section["init_from"] = hf_dir
-  # The run config saved with the checkpoint: defaults plus this model (only the model section
-  # matters to init_from / export; the other sections are not validated against it).
-  config = config_lib.defaults()
+  # The config saved with the checkpoint: the model and kernels sections (all that init_from
+  # and export read), with their defaults.
+  config = ConfigDict({"model": model_config.defaults(), "kernels": model_config.kernels_defaults()})
   config_lib.merge(config, {"model": section}, source=os.path.join(hf_dir, "config.json"))
   model_config.validate(config)
   model_cfg = ModelConfig.from_config(config.model)
   prepare_out_dir(out, force, outputs=("checkpoints", "config.json"))
-  params = load_hf_params(hf_dir, model_cfg, mesh=mesh, progress=progress)
+  params, model_state = split_variables(load_hf_params(hf_dir, model_cfg, mesh=mesh, progress=progress))
+  item = {"params": params} if model_state is None else {"params": params, "model_state": model_state}
   log.info("writing the jaxtrain checkpoint to %s", out)
-  save_params_checkpoint(checkpoint_dir(out), params, json.loads(config_lib.to_json(config)))
+  checkpoint.save_params(checkpoint.checkpoint_dir(out), item, json.loads(config_lib.to_json(config)))
   with open(os.path.join(out, "config.json"), "w") as f:
     f.write(config_lib.to_json(config))
   return out

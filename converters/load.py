@@ -36,12 +36,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-
-from jaxtrain.config import ConfigError
-from jaxtrain.converters import dequant, hf_config, tables
+from jaxtrain.converters import dequant, families, hf_config, tables
 from jaxtrain.converters.errors import ConversionError, format_problems
 from jaxtrain.converters.safetensors_io import DTYPES, WeightDir
 from jaxtrain.converters.signature import signature_diff
+from tqdm import tqdm
+
+from jaxtrain import checkpoint
+from jaxtrain.config import ConfigError
+from jaxtrain.models import factory
+from jaxtrain.models.config import ModelConfig
+from jaxtrain.parallel import mesh as mesh_lib
+from jaxtrain.parallel.rules import param_shardings
 
 log = logging.getLogger("jaxtrain.converters")
 
@@ -55,34 +61,18 @@ CHUNK_BYTES = 16 * 2**20
 
 # -- progress --------------------------------------------------------------------------------
 
-class _NoBar:
-  def update(self, n=1):
-    pass
-
-  def close(self):
-    pass
-
-  def set_description(self, text):
-    pass
-
-
 def progress_bar(total: int, desc: str, enabled: bool | None):
   """tqdm on stderr when enabled (None = when stderr is a terminal)."""
   if enabled is None:
     enabled = sys.stderr.isatty()
-  if not enabled:
-    return _NoBar()
-  from tqdm import tqdm
-  return tqdm(total=total, desc=desc, unit="tensor", file=sys.stderr, dynamic_ncols=True, mininterval=0.5)
+  return tqdm(total=total, desc=desc, unit="tensor", file=sys.stderr, dynamic_ncols=True, mininterval=0.5,
+              disable=not enabled)
 
 
 # -- shardings -------------------------------------------------------------------------------
 
 def default_mesh():
-  from ml_collections import ConfigDict
-
-  from jaxtrain.parallel import mesh as mesh_lib
-  return mesh_lib.make_mesh(ConfigDict(mesh_lib.defaults().to_dict()))
+  return mesh_lib.make_mesh(mesh_lib.defaults())
 
 
 def _flat_shardings(shardings) -> dict:
@@ -95,11 +85,10 @@ def _flat_shardings(shardings) -> dict:
 def abstract_and_shardings(model_cfg, params_sharding=None, mesh=None, state_sharding=None):
   """(graphdef, abstract params, abstract model state, {path: abstract var}, {path: sharding});
   the flat maps cover the parameters and the non-trainable model state (`ModelState`)."""
-  from jaxtrain.train import state as state_lib
-  graphdef, abstract, rest = state_lib.abstract_model(model_cfg)
+  graphdef, abstract, rest = factory.abstract_model(model_cfg)
   if params_sharding is None:
     mesh = mesh if mesh is not None else default_mesh()
-    params_sharding = state_lib.param_shardings(abstract, mesh)
+    params_sharding = param_shardings(abstract, mesh)
   flat_abstract = {path: var for path, var in nnx.to_flat_state(abstract)}
   flat_sh = _flat_shardings(params_sharding)
   if set(flat_abstract) != set(flat_sh):
@@ -110,7 +99,7 @@ def abstract_and_shardings(model_cfg, params_sharding=None, mesh=None, state_sha
     if state_sharding is None:
       if mesh is None:  # the mesh of the given parameter shardings
         mesh = next((sh.mesh for sh in flat_sh.values() if hasattr(sh, "mesh")), None) or default_mesh()
-      state_sharding = state_lib.param_shardings(rest, mesh)
+      state_sharding = param_shardings(rest, mesh)
     flat_rest_sh = _flat_shardings(state_sharding)
     if set(flat_rest) != set(flat_rest_sh):
       raise ConfigError("state_sharding does not match the model's state: "
@@ -180,7 +169,6 @@ def _from_host(value: np.ndarray, sharding) -> jax.Array:
 def check_config_matches(model_cfg, path: str) -> Any:
   """The ModelConfig `path` (HF dir or jaxtrain checkpoint) describes; ConfigError naming every
   field where the run's `model_cfg` would compute something different."""
-  from jaxtrain.models.config import ModelConfig
   if hf_config.is_hf_dir(path):
     source = os.path.join(path, "config.json")
     other = ModelConfig.from_config(hf_config.from_hf(hf_config.read_hf_config(path), source=source))
@@ -202,7 +190,7 @@ def _mtp_layer(key: str, num_layers: int, mtp_layers: int) -> bool:
           and num_layers <= int(parts[2]) < num_layers + mtp_layers)
 
 
-def validate_weights(weights: WeightDir, entries: list[tables.Entry], fam: tables.Family,
+def validate_weights(weights: WeightDir, entries: list[tables.Entry], fam: tables.WeightTable,
                      shapes: dict[tuple, tuple], model_cfg, *, mtp_layers: int = 0) -> None:
   problems = []
   skipped_mtp = []
@@ -247,7 +235,7 @@ def load_hf_params(hf_dir: str, model_cfg, params_sharding=None, *, mesh=None, p
   """nnx.State of the parameters and the model state (`ModelState`, if the model has any) for
   `model_cfg` from a Hugging Face directory; `split_variables` separates them."""
   hf_cfg = check_config_matches(model_cfg, hf_dir)
-  fam = tables.family(hf_cfg.arch)
+  fam = families.FAMILIES[hf_cfg.arch].weights
   raw = hf_config.read_hf_config(hf_dir)
   weights = WeightDir(hf_dir)
   if dequant.quantization_method(raw) or any(i.dtype not in FLOAT_CODES for i in weights.infos.values()):
@@ -293,21 +281,19 @@ def load_hf_params(hf_dir: str, model_cfg, params_sharding=None, *, mesh=None, p
 # -- jaxtrain checkpoints --------------------------------------------------------------------
 
 def is_checkpoint(path: str) -> bool:
-  from jaxtrain.train.checkpoint import resolve_checkpoint_dir
-  directory = resolve_checkpoint_dir(path)
+  directory = checkpoint.resolve_checkpoint_dir(path)
   return os.path.isdir(directory) and any(name.isdigit() for name in os.listdir(directory))
 
 
 def checkpoint_model_section(path: str, step: int | None = None) -> tuple[str, int, dict, dict]:
   """(checkpoint directory, step, saved model section, whole saved run config)."""
-  from jaxtrain.train.checkpoint import Checkpointer, resolve_checkpoint_dir
-  directory = resolve_checkpoint_dir(path)
+  directory = checkpoint.resolve_checkpoint_dir(path)
   if not os.path.isdir(directory):
     raise ConversionError(f"{path}: not a Hugging Face directory (no config.json with model_type) and no "
                           f"jaxtrain checkpoints under it")
   if os.path.basename(os.path.abspath(path)).isdigit() and step is None and os.path.isdir(os.path.join(path, "state")):
     step = int(os.path.basename(os.path.abspath(path)))
-  ckpt = Checkpointer(directory, read_only=True, async_save=False)
+  ckpt = checkpoint.Checkpointer(directory, read_only=True, async_save=False)
   try:
     step = ckpt.latest_step() if step is None else step
     if step is None:
@@ -327,7 +313,6 @@ def load_checkpoint_params(path: str, model_cfg, params_sharding=None, *, step: 
   """Only the parameters (and the model state, if the model has any) of a jaxtrain checkpoint
   (a training run's or import-hf's), restored straight into their target shardings; optimizer
   state is never read."""
-  import orbax.checkpoint as ocp
   check_config_matches(model_cfg, path)
   directory, step, _, _ = checkpoint_model_section(path, step)
   _, _, _, flat_abstract, flat_sh = abstract_and_shardings(model_cfg, params_sharding, mesh, state_sharding)
@@ -336,20 +321,14 @@ def load_checkpoint_params(path: str, model_cfg, params_sharding=None, *, step: 
       for p, v in flat_abstract.items()})
   params_target, state_target = split_variables(target)
   item = {"params": params_target} if state_target is None else {"params": params_target, "model_state": state_target}
-  manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True, create=False),
-                                  item_names=("state",))
   try:
-    restored = manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.PyTreeRestore(item=item, partial_restore=True,
-                                     restore_args=ocp.checkpoint_utils.construct_restore_args(item))))
+    restored = checkpoint.restore_params(directory, step, item)
   except Exception as e:  # noqa: BLE001 - orbax raises many types; name the checkpoint
     raise ConversionError(f"{directory}/{step}: cannot restore the parameters: {e}") from e
-  finally:
-    manager.close()
   arrays = {}
   for name in item:
     arrays.update({p: v.get_value() if isinstance(v, nnx.Variable) else v
-                   for p, v in nnx.to_flat_state(restored["state"][name])})
+                   for p, v in nnx.to_flat_state(restored[name])})
   return _state_from(flat_abstract, arrays)
 
 
@@ -390,7 +369,6 @@ def from_pretrained(path: str, dtype: str = "float32", *, mesh=None, step: int |
   """An NNX `Decoder` (call it: `model(input_ids).logits`) with weights from a Hugging Face
   directory or a jaxtrain checkpoint / workdir. `dtype` is both the parameter and the compute
   dtype. Parameters are sharded over `mesh` (default: all devices on the fsdp axis)."""
-  from jaxtrain.models.config import ModelConfig
   path = os.path.expanduser(str(path))
   if not os.path.exists(path):
     raise ConversionError(f"{path}: no such file or directory")

@@ -12,7 +12,14 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from jaxtrain.converters.errors import ConversionError
+from jaxtrain.converters.hf_config import TRAINING_FIELDS
+from jaxtrain.converters.load import check_config_matches, model_section
+
+from jaxtrain import config as config_lib
 from jaxtrain.config import ConfigError
+from jaxtrain.models import config as model_config
+from jaxtrain.models.config import ModelConfig
 
 
 def _norm(value: Any) -> Any:
@@ -26,14 +33,8 @@ def _norm(value: Any) -> Any:
 
 
 def resolve_model_section(config, *, missing_ok: bool = False):
-  """Fills `config.model`'s architecture from `config.model.init_from` (in place; returns it)."""
-  from jaxtrain import config as config_lib
-  from jaxtrain.converters.errors import ConversionError
-  from jaxtrain.converters.hf_config import TRAINING_FIELDS
-  from jaxtrain.converters.load import check_config_matches, model_section
-  from jaxtrain.models import config as model_config
-  from jaxtrain.models.config import ModelConfig
-
+  """Fills `config.model`'s architecture from `config.model.init_from` (in place; returns it).
+  `config` holds at least the `model` and `kernels` sections."""
   path = config.model.init_from
   if not path:
     return config
@@ -61,6 +62,6 @@ def resolve_model_section(config, *, missing_ok: bool = False):
       updates[key] = value
   if updates:
     config_lib.merge(config, {"model": updates}, source=f"model.init_from={path}", replace_open=False)
-  config_lib.validate(config)
+  model_config.validate(config)
   check_config_matches(ModelConfig.from_config(config.model, config.kernels), path)
   return config

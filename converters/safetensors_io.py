@@ -1,17 +1,33 @@
 """Reading and writing Hugging Face weight files without torch.
 
-Reading: a safetensors file is an 8-byte little-endian header length, a JSON header
-(`{name: {dtype, shape, data_offsets}}`) and the raw bytes. `SafetensorsFile` parses and
-validates the header (offsets inside the file, sizes matching shapes) when opened, then reads
-one tensor at a time with positioned reads into a fresh numpy buffer. Nothing is memory-mapped,
-so a tensor's bytes stop counting against the process once the caller drops the array.
-`WeightDir` puts a directory's shards behind one key -> tensor interface (sharded safetensors
-with `model.safetensors.index.json`, one `model.safetensors`, or `pytorch_model*.bin` through
+Reading goes through the `safetensors` library. `SafetensorsFile` opens a file with
+`safe_open`, which parses and validates the header (known dtypes, offsets inside the file, sizes
+matching shapes, tensors covering the data without gaps or overlaps), and keeps names, shapes
+and dtypes. Reads return copies, and nothing stays memory-mapped, so a tensor's bytes stop
+counting against the process once the caller drops the array:
+- whole tensors: `get_tensor` on a handle opened with the `pread` backend and kept open (an open
+  file, not a mapping; `WeightDir` keeps at most `OPEN_FILES` of them). Reopening per read would
+  parse the header again each time (~1 us per tensor in the file: ~0.6 ms per read on a
+  DeepSeek-V3 shard).
+- row ranges (less than the whole tensor): `get_slice(key)[r0:r1]` on a handle opened with the
+  default `mmap` backend for this one read (it touches only those rows, and the mapping goes when it is closed; the `pread`
+  backend reads the whole tensor to slice it, and an `mmap` handle kept open would keep every
+  page read so far mapped and counted in the process's RSS).
+`WeightDir` puts a directory's shards behind one key -> tensor interface (sharded safetensors with
+`model.safetensors.index.json`, one `model.safetensors`, or `pytorch_model*.bin` through
 `torch.load(weights_only=True)`).
 
-Writing: `write_sharded` plans the shard files from (key, shape, dtype) alone, writes each
-header first and then streams tensors one by one from a callback, so at most one tensor is in
-host memory; it finishes with `model.safetensors.index.json`.
+What stays hand-written, because the library cannot do it (safetensors 0.8):
+- FP8 tensors (F8_E4M3, F8_E5M2): the library's numpy framework looks the dtype up as
+  `numpy.float8_e4m3fn`, which numpy does not define (ml_dtypes does), so `get_slice` /
+  `get_tensor` raise AttributeError. They are read with a positioned read at the offset the
+  library-validated header implies (`TensorInfo.start`). BF16 works through the library: its
+  "bfloat16" dtype name resolves once ml_dtypes (imported here) has registered it with numpy.
+- Messages for corrupt files: the library's errors name neither the file nor the tensor
+  ("incomplete metadata, file not fully covered"), so when it rejects a file the header is
+  parsed here, only to say which tensor is cut off or mis-sized.
+- Writing (below): `write_sharded` streams one tensor at a time; the library's writers
+  (`save_file` / `serialize_file`) need every tensor of a file in memory at once.
 """
 
 from __future__ import annotations
@@ -26,6 +42,7 @@ from typing import Callable
 
 import ml_dtypes
 import numpy as np
+from safetensors import SafetensorError, safe_open
 
 from jaxtrain.converters.errors import ConversionError, format_problems
 
@@ -49,10 +66,12 @@ DTYPES: dict[str, np.dtype] = {
     "BOOL": np.dtype("?"),
 }
 DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
+# Dtypes the library's numpy framework cannot build arrays of (see the module docstring).
+_RAW_READ = frozenset({"F8_E4M3", "F8_E5M2"})
+OPEN_FILES = 8  # pread handles a WeightDir keeps open (least recently used closed first)
 # Names users and configs use for floating dtypes.
 FLOAT_NAMES = {"float32": "F32", "bfloat16": "BF16", "float16": "F16", "float64": "F64",
                "fp32": "F32", "bf16": "BF16", "fp16": "F16"}
-_MAX_HEADER = 256 * 1024 * 1024
 
 
 def numpy_dtype(name: str) -> np.dtype:
@@ -73,70 +92,117 @@ class TensorInfo:
   nbytes: int = 0
 
 
+def _header_problems(path: str) -> list[str]:
+  """Why `path` is not a valid safetensors file, tensor by tensor where its header parses at all.
+  Only called after the library rejected the file, to name what its error message does not."""
+  try:
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+      head = f.read(8)
+      if len(head) < 8:
+        return [f"truncated file ({size} bytes, no complete header)"]
+      (n,) = struct.unpack("<Q", head)
+      if n > size - 8:
+        return [f"header length {n} but the file has {size} bytes (truncated or corrupt)"]
+      header = json.loads(f.read(n).decode("utf-8"))
+  except (OSError, ValueError):  # unreadable, or not UTF-8 / JSON: the library's message says which
+    return []
+  if not isinstance(header, dict):
+    return []
+  problems = []
+  base = 8 + n
+  for key, entry in header.items():
+    if key == "__metadata__":
+      continue
+    try:
+      code, shape, (begin, end) = entry["dtype"], [int(s) for s in entry["shape"]], entry["data_offsets"]
+      begin, end = int(begin), int(end)
+    except (KeyError, TypeError, ValueError):
+      problems.append(f"{key}: malformed header entry {entry!r}")
+      continue
+    if code in DTYPES and end - begin != math.prod(shape) * DTYPES[code].itemsize:
+      problems.append(f"{key}: data_offsets {[begin, end]} hold {end - begin} bytes but shape {shape} {code} "
+                      f"needs {math.prod(shape) * DTYPES[code].itemsize}")
+    elif base + end > size:
+      problems.append(f"{key}: data ends at byte {base + end} but the file has only {size} bytes (truncated)")
+  return problems
+
+
+def _rejected(path: str, error: Exception, what: str = "") -> ConversionError:
+  return ConversionError(format_problems(f"{path}: {what}invalid safetensors file ({error})", _header_problems(path)))
+
+
 class SafetensorsFile:
-  """One safetensors file, header validated on open."""
+  """One safetensors file, header validated (by the library) on open."""
 
   def __init__(self, path: str):
     self.path = path
     try:
+      with safe_open(path, framework="numpy") as f:
+        self.metadata = f.metadata() or {}
+        specs = [(key, f.get_slice(key)) for key in f.offset_keys()]
+        specs = [(key, s.get_dtype(), tuple(int(d) for d in s.get_shape())) for key, s in specs]
+      with open(path, "rb") as fh:
+        (header_len,) = struct.unpack("<Q", fh.read(8))
       size = os.path.getsize(path)
-      with open(path, "rb") as f:
-        head = f.read(8)
-        if len(head) < 8:
-          raise ConversionError(f"{path}: truncated safetensors file ({size} bytes, no header)")
-        (n,) = struct.unpack("<Q", head)
-        if n > min(size - 8, _MAX_HEADER):
-          raise ConversionError(f"{path}: corrupt or truncated safetensors file (header length {n} "
-                                f"but the file has {size} bytes)")
-        raw = f.read(n)
+    except SafetensorError as e:
+      raise _rejected(path, e) from e
     except OSError as e:
       raise ConversionError(f"{path}: cannot read ({e})") from e
-    try:
-      header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-      raise ConversionError(f"{path}: corrupt safetensors header ({e})") from e
-    if not isinstance(header, dict):
-      raise ConversionError(f"{path}: corrupt safetensors header (not a JSON object)")
-    self.metadata = header.pop("__metadata__", None) or {}
-    base = 8 + n
+    unsupported = [f"{key}: unsupported dtype {code}" for key, code, _ in specs if code not in DTYPES]
+    if unsupported:
+      raise ConversionError(format_problems(f"{path}: invalid safetensors file:", unsupported))
+    # The library checked that the tensors, in offset order, cover the data section exactly; their
+    # offsets are the running sums of their sizes (used only for FP8, see _read_raw).
     self.tensors: dict[str, TensorInfo] = {}
-    problems = []
-    for key, entry in header.items():
-      try:
-        code, shape, (begin, end) = entry["dtype"], tuple(int(s) for s in entry["shape"]), entry["data_offsets"]
-      except (KeyError, TypeError, ValueError):
-        problems.append(f"{key}: malformed header entry {entry!r}")
-        continue
-      if code not in DTYPES:
-        problems.append(f"{key}: unsupported dtype {code}")
-        continue
+    offset = 8 + header_len
+    for key, code, shape in specs:
       nbytes = math.prod(shape) * DTYPES[code].itemsize
-      if end - begin != nbytes or begin < 0:
-        problems.append(f"{key}: data_offsets {[begin, end]} hold {end - begin} bytes but shape {list(shape)} "
-                        f"{code} needs {nbytes}")
-        continue
-      if base + end > size:
-        problems.append(f"{key}: data ends at byte {base + end} but the file has only {size} bytes (truncated)")
-        continue
-      self.tensors[key] = TensorInfo(key, path, shape, code, base + begin, nbytes)
-    if problems:
-      raise ConversionError(format_problems(f"{path}: invalid safetensors file:", problems))
+      self.tensors[key] = TensorInfo(key, path, shape, code, offset, nbytes)
+      offset += nbytes
+    if offset != size:
+      raise ConversionError(f"{path}: tensors end at byte {offset} but the file has {size} bytes")
+    self._handle = None
 
   def read(self, key: str, rows: tuple[int, int] | None = None) -> np.ndarray:
     """The tensor, or only rows [r0, r1) of its first dimension."""
     info = self.tensors[key]
+    if info.dtype in _RAW_READ:
+      return self._read_raw(info, rows)
+    try:
+      if rows is None or (info.shape and tuple(rows) == (0, info.shape[0])):  # the whole tensor
+        if self._handle is None:
+          self._handle = safe_open(self.path, framework="numpy", backend="pread")
+        return self._handle.get_tensor(key)
+      with safe_open(self.path, framework="numpy") as f:
+        return f.get_slice(key)[rows[0]:rows[1]]
+    except SafetensorError as e:  # the file changed since it was opened
+      self.close()
+      raise _rejected(self.path, e, f"tensor {key}: ") from e
+    except OSError as e:
+      self.close()
+      raise ConversionError(f"{self.path}: tensor {key}: cannot read ({e})") from e
+
+  def close(self) -> None:
+    if self._handle is not None:
+      self._handle.__exit__(None, None, None)
+      self._handle = None
+
+  def _read_raw(self, info: TensorInfo, rows: tuple[int, int] | None) -> np.ndarray:
     shape, start, nbytes = info.shape, info.start, info.nbytes
     if rows is not None:
       row_bytes = nbytes // shape[0] if shape[0] else 0
       shape = (rows[1] - rows[0],) + shape[1:]
       start, nbytes = start + rows[0] * row_bytes, (rows[1] - rows[0]) * row_bytes
     out = np.empty(shape, DTYPES[info.dtype])
-    buf = memoryview(out.reshape(-1).view(np.uint8))
-    with open(self.path, "rb") as f:
-      f.seek(start)
-      got = f.readinto(buf)
+    try:
+      with open(self.path, "rb") as f:
+        f.seek(start)
+        got = f.readinto(memoryview(out.reshape(-1).view(np.uint8)))
+    except OSError as e:
+      raise ConversionError(f"{self.path}: tensor {info.key}: cannot read ({e})") from e
     if got != nbytes:
-      raise ConversionError(f"{self.path}: tensor {key}: read {got} of {nbytes} bytes (file truncated?)")
+      raise ConversionError(f"{self.path}: tensor {info.key}: read {got} of {nbytes} bytes (file truncated?)")
     return out
 
 
@@ -183,6 +249,7 @@ class WeightDir:
     self.directory = directory
     self.files: dict[str, SafetensorsFile | _TorchFile] = {}
     self.infos: dict[str, TensorInfo] = {}
+    self._recent: dict[str, None] = {}  # files read from, least recent first
     index_path = os.path.join(directory, SAFETENSORS_INDEX)
     if os.path.exists(index_path):
       self._from_index(index_path, SafetensorsFile)
@@ -226,7 +293,18 @@ class WeightDir:
 
   def read(self, key: str, rows: tuple[int, int] | None = None) -> np.ndarray:
     info = self.infos[key]
+    self._recent.pop(info.file, None)
+    self._recent[info.file] = None
+    while len(self._recent) > OPEN_FILES:
+      oldest = next(iter(self._recent))
+      del self._recent[oldest]
+      getattr(self.files[oldest], "close", lambda: None)()
     return self.files[info.file].read(key, rows)
+
+  def close(self) -> None:
+    for f in self.files.values():
+      getattr(f, "close", lambda: None)()
+    self._recent.clear()
 
   @property
   def is_torch(self) -> bool:
@@ -234,6 +312,18 @@ class WeightDir:
 
 
 # -- writing ---------------------------------------------------------------------------------
+#
+# Hand-written on purpose. The library's writers take every tensor of a file at once
+# (`safetensors.numpy.save_file(dict)`, `serialize_file({name: TensorSpec(data_ptr=...)})`), so a
+# writer built on them holds a whole shard (up to the 5 GB default max_shard_size) of freshly
+# produced tensors in host memory. `write_sharded` plans the shards from (key, shape, dtype) alone,
+# writes each header first and then streams the tensors one by one from the callback, so one
+# tensor at a time is in host memory. Measured (experiments/import_memory.py --export, results in
+# experiments/RESULTS.md): at the default shard size the library writer raises the export's
+# write-phase peak by ~200 MB for a 464 MB model and ~320 MB for an 804 MB one (it grows with the
+# shard), while the streaming writer costs nothing beyond producing the tensors. Each finished
+# shard is opened with the library's `safe_open` before it is renamed into place, so the library
+# validates what this writes.
 
 def parse_size(text: str | int) -> int:
   """'5GB' / '500MB' / '2GiB' / 123 -> bytes."""
@@ -301,10 +391,18 @@ def write_sharded(out_dir: str, tensors: list[OutTensor], produce: Callable[[str
           raise ConversionError(f"internal error writing {t.key}: got {value.shape} {value.dtype}, "
                                 f"planned {t.shape} {t.dtype}")
         f.write(np.ascontiguousarray(value).reshape(-1).view(np.uint8).data)
+        del value  # before producing the next one
         weight_map[t.key] = name
         total += t.nbytes
         if bar is not None:
           bar.update(1)
+    try:
+      with safe_open(path + ".partial", framework="numpy") as f:
+        written = set(f.keys())
+    except SafetensorError as e:
+      raise ConversionError(f"internal error: {path}: the safetensors library rejects the written file ({e})") from e
+    if written != {t.key for t in shard}:
+      raise ConversionError(f"internal error: {path}: written tensors differ from the plan")
     os.replace(path + ".partial", path)
   index = {"metadata": {"total_size": total, **(extra_metadata or {})}, "weight_map": weight_map}
   with open(os.path.join(out_dir, SAFETENSORS_INDEX), "w") as f:

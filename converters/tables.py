@@ -15,9 +15,12 @@ transform:
 
 Layers live at `stages/<stage>/blocks/<slot>/...` with the stage's repeat as the leading axis
 (`ModelConfig.layer_location`), experts are stacked on the axis after it, and gate/up
-projections are fused on a size-2 axis. `plan(cfg, family)` expands the tables into one `Entry`
-per HF tensor, in Hugging Face order. All transforms are transposes and reshapes, so a round
-trip is bit-exact.
+projections are fused on a size-2 axis. `plan(cfg, table)` expands a `WeightTable` into one
+`Entry` per HF tensor, in Hugging Face order. All transforms are transposes and reshapes, so a
+round trip is bit-exact.
+
+The rule groups several families share live here; each family module (`converters/families/`)
+composes its `WeightTable` from them and its own rules.
 """
 
 from __future__ import annotations
@@ -45,8 +48,9 @@ class Rule:
 
 
 @dataclass(frozen=True)
-class Family:
-  name: str
+class WeightTable:
+  """A family's HF tensors: rules outside the decoder layers (`top`: the first is read before
+  the layers, the rest after, in Hugging Face order) and inside each layer."""
   top: tuple[Rule, ...]
   layer: tuple[Rule, ...]
   ignore: tuple[str, ...] = ()  # regexes of HF keys that may be present and are skipped
@@ -105,74 +109,8 @@ QWEN_MOE = (
     Rule(L + "mlp.experts.{expert}.up_proj.weight", "moe/gate_up", "t1", (EXPERT, ALL, 1, ALL), when="moe"),
     Rule(L + "mlp.experts.{expert}.down_proj.weight", "moe/down", "t1", (EXPERT,), when="moe"),
 )
-QWEN2_SHARED_EXPERT = (
-    Rule(L + "mlp.shared_expert.gate_proj.weight", "moe/shared/gate_up", "t1", (ALL, 0, ALL), when="shared_expert"),
-    Rule(L + "mlp.shared_expert.up_proj.weight", "moe/shared/gate_up", "t1", (ALL, 1, ALL), when="shared_expert"),
-    Rule(L + "mlp.shared_expert.down_proj.weight", "moe/shared/down", "t1", when="shared_expert"),
-    Rule(L + "mlp.shared_expert_gate.weight", "moe/shared_gate", "t1", when="shared_expert_gate"),
-)
-MIXTRAL_MOE = (
-    Rule(L + "block_sparse_moe.gate.weight", "moe/router", "t1", when="moe"),
-    Rule(L + "block_sparse_moe.experts.{expert}.w1.weight", "moe/gate_up", "t1", (EXPERT, ALL, 0, ALL), when="moe"),
-    Rule(L + "block_sparse_moe.experts.{expert}.w3.weight", "moe/gate_up", "t1", (EXPERT, ALL, 1, ALL), when="moe"),
-    Rule(L + "block_sparse_moe.experts.{expert}.w2.weight", "moe/down", "t1", (EXPERT,), when="moe"),
-)
-# DeepSeek-V3 / Kimi-K2: multi-head latent attention, sigmoid group-limited router with its
-# score-correction bias (non-trainable model state), per-expert keys, shared experts.
-MLA_ATTENTION = (
-    Rule(L + "input_layernorm.weight", "input_norm/scale"),
-    Rule(L + "self_attn.q_proj.weight", "attn/q_proj", "t1", when="q_full"),
-    Rule(L + "self_attn.q_a_proj.weight", "attn/q_a_proj", "t1", when="q_lora"),
-    Rule(L + "self_attn.q_a_proj.bias", "attn/q_a_bias", when="q_lora_bias"),
-    Rule(L + "self_attn.q_a_layernorm.weight", "attn/q_a_norm/scale", when="q_lora"),
-    Rule(L + "self_attn.q_b_proj.weight", "attn/q_b_proj", "t1", when="q_lora"),
-    Rule(L + "self_attn.kv_a_proj_with_mqa.weight", "attn/kv_a_proj", "t1"),
-    Rule(L + "self_attn.kv_a_proj_with_mqa.bias", "attn/kv_a_bias", when="attention_bias"),
-    Rule(L + "self_attn.kv_a_layernorm.weight", "attn/kv_a_norm/scale"),
-    Rule(L + "self_attn.kv_b_proj.weight", "attn/kv_b_proj", "t1"),
-    Rule(L + "self_attn.o_proj.weight", "attn/o_proj", "t2"),
-    Rule(L + "self_attn.o_proj.bias", "attn/o_bias", when="attention_out_bias"),
-    Rule(L + "post_attention_layernorm.weight", "post_attn_norm/scale"),
-)
-DEEPSEEK_MOE = (
-    Rule(L + "mlp.gate.weight", "moe/router", "t1", when="moe"),
-    Rule(L + "mlp.gate.e_score_correction_bias", "moe/score_bias", when="moe"),
-    Rule(L + "mlp.experts.{expert}.gate_proj.weight", "moe/gate_up", "t1", (EXPERT, ALL, 0, ALL), when="moe"),
-    Rule(L + "mlp.experts.{expert}.up_proj.weight", "moe/gate_up", "t1", (EXPERT, ALL, 1, ALL), when="moe"),
-    Rule(L + "mlp.experts.{expert}.down_proj.weight", "moe/down", "t1", (EXPERT,), when="moe"),
-    Rule(L + "mlp.shared_experts.gate_proj.weight", "moe/shared/gate_up", "t1", (ALL, 0, ALL), when="shared_expert"),
-    Rule(L + "mlp.shared_experts.up_proj.weight", "moe/shared/gate_up", "t1", (ALL, 1, ALL), when="shared_expert"),
-    Rule(L + "mlp.shared_experts.down_proj.weight", "moe/shared/down", "t1", when="shared_expert"),
-)
-# GPT-OSS: biased attention with per-head sinks, biased router, fused experts stored whole per
-# layer ([experts, in, out], gate/up interleaved) with biases.
-GPT_OSS_MOE = (
-    Rule(L + "self_attn.sinks", "attn/sinks", when="attention_sinks"),
-    Rule(L + "mlp.router.weight", "moe/router", "t1", when="moe"),
-    Rule(L + "mlp.router.bias", "moe/router_bias", when="moe"),
-    Rule(L + "mlp.experts.gate_up_proj", "moe/gate_up", "pairs", when="moe"),
-    Rule(L + "mlp.experts.gate_up_proj_bias", "moe/gate_up_bias", "pairs", when="expert_bias"),
-    Rule(L + "mlp.experts.down_proj", "moe/down", when="moe"),
-    Rule(L + "mlp.experts.down_proj_bias", "moe/down_bias", when="expert_bias"),
-)
 # Buffers some older checkpoints carry; they hold nothing a model needs.
 COMMON_IGNORE = (r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq",)
-
-FAMILIES: dict[str, Family] = {
-    "qwen3": Family("qwen3", TOP, ATTENTION + DENSE_MLP, COMMON_IGNORE),
-    "llama": Family("llama", TOP, ATTENTION + DENSE_MLP, COMMON_IGNORE),
-    "qwen3_moe": Family("qwen3_moe", TOP, ATTENTION + DENSE_MLP + QWEN_MOE, COMMON_IGNORE),
-    "qwen2_moe": Family("qwen2_moe", TOP, ATTENTION + DENSE_MLP + QWEN_MOE + QWEN2_SHARED_EXPERT, COMMON_IGNORE),
-    "mixtral": Family("mixtral", TOP, ATTENTION + MIXTRAL_MOE, COMMON_IGNORE),
-    "deepseek_v3": Family("deepseek_v3", TOP, MLA_ATTENTION + DENSE_MLP + DEEPSEEK_MOE, COMMON_IGNORE),
-    "gpt_oss": Family("gpt_oss", TOP, ATTENTION + GPT_OSS_MOE, COMMON_IGNORE),
-}
-
-
-def family(name: str) -> Family:
-  if name not in FAMILIES:
-    raise ConversionError(f"no weight table for model arch {name!r} (supported: {', '.join(FAMILIES)})")
-  return FAMILIES[name]
 
 
 @dataclass(frozen=True)
@@ -189,7 +127,7 @@ def _path(text: str) -> tuple:
   return tuple(text.split("/"))
 
 
-def plan(cfg, fam: Family) -> list[Entry]:
+def plan(cfg, fam: WeightTable) -> list[Entry]:
   """Every HF tensor of a model with config `cfg`, in Hugging Face order."""
   entries = [Entry(r.hf, _path(r.path), (), r.layout) for r in fam.top[:1] if FEATURES[r.when](cfg, None)]
   stages = cfg.stages()

@@ -68,7 +68,7 @@ def make_tokens(path: str, n_tokens: int, vocab: int) -> str:
 
 
 def measure(name: str, data: dict, args) -> dict:
-  from jaxtrain.config import load_config
+  from jaxtrain.train.run_config import load_config
   from jaxtrain.data import build_pipeline, build_tokenizer
 
   config = load_config(base={"data": {"seq_len": args.seq_len, "prefetch": 2, **data},
@@ -99,7 +99,7 @@ def measure(name: str, data: dict, args) -> dict:
 def stall(data: dict, args, step_s: float = 0.05, steps: int = 20) -> tuple[float, float]:
   """Mean seconds `next()` blocks per step when a (simulated) train step of `step_s` runs
   between batches, without and with the background prefetch thread."""
-  from jaxtrain.config import load_config
+  from jaxtrain.train.run_config import load_config
   from jaxtrain.data import build_pipeline
 
   waits = []

@@ -26,7 +26,7 @@ import numpy as np
 
 from jaxtrain.models.moe import route
 from jaxtrain.models.config import ModelConfig
-from jaxtrain.parallel import expert
+from jaxtrain.parallel import moe
 from jaxtrain.kernels import dispatch
 
 
@@ -44,9 +44,9 @@ def make_layer(impl: str):
   if impl == "naive":
     return lambda x, ids, w, v, gu, d: naive(x, ids, w, v, gu, d, act=act)
   if impl == "capacity":
-    return lambda x, ids, w, v, gu, d: expert.capacity(x, ids, w, v, gu, d, act=act, capacity_factor=1.25)[0]
+    return lambda x, ids, w, v, gu, d: moe.capacity(x, ids, w, v, gu, d, act=act, capacity_factor=1.25)[0]
   gmm_impl = impl.split("/")[1]
-  return lambda x, ids, w, v, gu, d: expert.dropless(x, ids, w, v, gu, d, act=act, impl=gmm_impl)[0]
+  return lambda x, ids, w, v, gu, d: moe.dropless(x, ids, w, v, gu, d, act=act, impl=gmm_impl)[0]
 
 
 def bench(impl, tokens, hidden, inter, experts, top_k, skew, dtype, iters):

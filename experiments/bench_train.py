@@ -59,10 +59,12 @@ def jaxtrain_step(spec: dict):
   import jax.numpy as jnp
   import numpy as np
 
-  from jaxtrain.config import load_config
+  from jaxtrain.train.run_config import load_config
   from jaxtrain.models.config import ModelConfig
   from jaxtrain.parallel.mesh import make_mesh, mesh_context
   from jaxtrain.train import state as state_lib
+  from jaxtrain.models import factory
+  from jaxtrain.parallel import rules
   from jaxtrain.train.optimizer import make_optimizer, schedule
   from jaxtrain.train.step import BATCH_KEYS, make_train_step
 
@@ -73,8 +75,8 @@ def jaxtrain_step(spec: dict):
   mesh = make_mesh(config.mesh)
   B, T = spec["batch"], spec["seq"]
   with mesh_context(mesh):
-    graphdef, abstract, _ = state_lib.abstract_model(cfg)
-    shardings = state_lib.param_shardings(abstract, mesh)
+    graphdef, abstract, _ = factory.abstract_model(cfg)
+    shardings = rules.param_shardings(abstract, mesh)
     tx = make_optimizer(config.train)
     state_sh = state_lib.state_shardings(tx, abstract, shardings, mesh)
     state = state_lib.init_state(state_lib.init_params(cfg, 0, shardings), tx, state_sh, 0)
@@ -127,7 +129,7 @@ def run_torch(spec: dict, compiled: bool) -> dict:
   import torch
   import transformers
 
-  from jaxtrain.config import load_config
+  from jaxtrain.train.run_config import load_config
   from jaxtrain.converters.hf_config import to_hf
   from jaxtrain.models.config import ModelConfig
 

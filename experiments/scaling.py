@@ -22,10 +22,12 @@ import numpy as np
 
 
 def build_step(model: dict, batch: int, seq: int):
-  from jaxtrain.config import load_config
+  from jaxtrain.train.run_config import load_config
   from jaxtrain.models.config import ModelConfig
   from jaxtrain.parallel.mesh import make_mesh, mesh_context
   from jaxtrain.train import state as state_lib
+  from jaxtrain.models import factory
+  from jaxtrain.parallel import rules
   from jaxtrain.train.optimizer import make_optimizer, schedule
   from jaxtrain.train.step import BATCH_KEYS, make_train_step
 
@@ -33,8 +35,8 @@ def build_step(model: dict, batch: int, seq: int):
   cfg = ModelConfig.from_config(config.model, config.kernels)
   mesh = make_mesh(config.mesh)
   with mesh_context(mesh):
-    graphdef, abstract, _ = state_lib.abstract_model(cfg)
-    shardings = state_lib.param_shardings(abstract, mesh)
+    graphdef, abstract, _ = factory.abstract_model(cfg)
+    shardings = rules.param_shardings(abstract, mesh)
     tx = make_optimizer(config.train)
     state_sh = state_lib.state_shardings(tx, abstract, shardings, mesh)
     abstract_state = jax.eval_shape(lambda: state_lib.init_state(abstract, tx, state_sh, 0))

@@ -3,22 +3,28 @@
     config = jaxtrain.load_config("configs/quickstart.py", overrides=["--config.train.steps=50"])
     summary = jaxtrain.Trainer(config).fit()
     model = jaxtrain.from_pretrained("path/to/hf_dir_or_checkpoint")
+
+Config files start from `jaxtrain.defaults()` (every section with its defaults).
 """
 
-from jaxtrain.config import ConfigError, load_config
+from jaxtrain.config import ConfigError
 
 __version__ = "0.1.0"
 
+# Heavy imports (JAX, Orbax, Grain) happen on first use, not on `import jaxtrain`.
+_LAZY = {
+    "Trainer": "jaxtrain.train.trainer",
+    "load_config": "jaxtrain.train.run_config",
+    "defaults": "jaxtrain.train.run_config",
+    "from_pretrained": "jaxtrain.converters",
+}
+
 
 def __getattr__(name):
-  # Heavy imports (JAX, Orbax, Grain) happen on first use, not on `import jaxtrain`.
-  if name == "Trainer":
-    from jaxtrain.train.trainer import Trainer
-    return Trainer
-  if name == "from_pretrained":
-    from jaxtrain.converters import from_pretrained
-    return from_pretrained
+  if name in _LAZY:
+    import importlib
+    return getattr(importlib.import_module(_LAZY[name]), name)
   raise AttributeError(f"module 'jaxtrain' has no attribute {name!r}")
 
 
-__all__ = ["ConfigError", "Trainer", "from_pretrained", "load_config"]
+__all__ = ["ConfigError", "Trainer", "defaults", "from_pretrained", "load_config"]

@@ -1,22 +1,27 @@
-"""Run configuration: defaults, config files, dotted overrides and validation.
+"""Config machinery: defaults, config files, dotted overrides and validation, for any `Schema`.
 
 A config file is a Python file with `get_config()` returning an `ml_collections.ConfigDict`
 (or a plain dict) that holds any subset of the defaults. Every key must exist in the defaults;
 an unknown key is an error that names the key and suggests close matches. A few nodes are open
 maps (for example `data.sources`): their entries are free names, each validated against a
 template.
+
+This module is the bottom layer: it imports nothing of the package. Each subsystem owns its
+section (`models/config.py`, `data/config.py`, `parallel/mesh.py`, `train/config.py`) and
+`train/run_config.py` assembles them into the run's schema (`jaxtrain.load_config`).
 """
 
 from __future__ import annotations
 
 import ast
+import contextlib
+import dataclasses
 import difflib
 import importlib.util
 import json
 import os
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Mapping
 
-import ml_collections
 from ml_collections import ConfigDict
 
 
@@ -24,39 +29,32 @@ class ConfigError(ValueError):
   """A configuration problem, with the offending key in the message."""
 
 
-def defaults() -> ConfigDict:
-  # Each subsystem owns its section; imported here so `import jaxtrain.config` stays cheap.
-  from jaxtrain.data import config as data_config
-  from jaxtrain.models import config as model_config
-  from jaxtrain.parallel import mesh as mesh_config
-  from jaxtrain.train import config as train_config
-
-  c = ConfigDict()
-  c.workdir = "runs/default"
-  c.seed = 0
-  c.model = model_config.defaults()
-  c.kernels = ConfigDict({"attention": "auto", "gmm": "auto"})
-  c.data = data_config.defaults()
-  c.train = train_config.defaults()
-  c.eval = train_config.eval_defaults()
-  c.checkpoint = train_config.checkpoint_defaults()
-  c.mesh = mesh_config.defaults()
-  c.sample = train_config.sample_defaults()
-  return c
+OpenMaps = Mapping[str, Callable[[], ConfigDict]]
 
 
-def _open_maps() -> dict[str, Callable[[], ConfigDict]]:
-  """Dotted paths whose children are user-named entries validated against a template."""
-  from jaxtrain.data import config as data_config
-  return dict(data_config.OPEN_MAPS)
+@dataclasses.dataclass(frozen=True)
+class Schema:
+  """What a config may hold: its defaults, its open maps (dotted paths whose children are
+  user-named entries, each validated against a template) and its validators."""
+  defaults: Callable[[], ConfigDict]
+  open_maps: OpenMaps = dataclasses.field(default_factory=dict)
+  validators: tuple[Callable[[ConfigDict], None], ...] = ()
 
+  def build(self, path: str | None = None, overrides: Iterable[str] = (), *, base: Any = None) -> ConfigDict:
+    """Defaults <- `base` (dict / ConfigDict) <- config file <- overrides; not yet validated."""
+    config = self.defaults()
+    if base is not None:
+      merge(config, base, source="config", open_maps=self.open_maps)
+    if path is not None:
+      merge(config, load_file(path), source=path, open_maps=self.open_maps)
+    for text in overrides:
+      key, value = parse_override(text)
+      apply_override(config, key, value, open_maps=self.open_maps)
+    return config
 
-def _validators() -> list[Callable[[ConfigDict], None]]:
-  from jaxtrain.data import config as data_config
-  from jaxtrain.models import config as model_config
-  from jaxtrain.parallel import mesh as mesh_config
-  from jaxtrain.train import config as train_config
-  return [model_config.validate, data_config.validate, train_config.validate, mesh_config.validate]
+  def validate(self, config: ConfigDict) -> None:
+    for check in self.validators:
+      check(config)
 
 
 def _suggest(key: str, candidates: Iterable[str]) -> str:
@@ -104,12 +102,13 @@ def _check_type(path: str, default: Any, value: Any, source: str) -> Any:
                     f"got {type(value).__name__} {value!r}")
 
 
-def merge(base: ConfigDict, update: Any, *, path: str = "", source: str = "config", replace_open: bool = True) -> None:
+def merge(base: ConfigDict, update: Any, *, path: str = "", source: str = "config", replace_open: bool = True,
+          open_maps: OpenMaps | None = None) -> None:
   """Merges `update` (dict or ConfigDict) into `base` in place, rejecting unknown keys.
 
   With `replace_open`, an open map given as a whole replaces its default entries (a config
   file lists all its data sources); overrides add to or edit single entries instead."""
-  open_maps = _open_maps()
+  open_maps = open_maps or {}
   update = _as_dict(update)
   if not isinstance(update, dict):
     raise ConfigError(f"{source}: {path or 'config'} must be a mapping, got {type(update).__name__}")
@@ -117,9 +116,9 @@ def merge(base: ConfigDict, update: Any, *, path: str = "", source: str = "confi
     full = f"{path}.{key}" if path else key
     if path in open_maps:
       if key not in base:
-        with base.unlocked() if base.is_locked else _nullcontext():
+        with base.unlocked() if base.is_locked else contextlib.nullcontext():
           base[key] = open_maps[path]()
-      merge(base[key], value, path=full, source=source, replace_open=replace_open)
+      merge(base[key], value, path=full, source=source, replace_open=replace_open, open_maps=open_maps)
       continue
     if key not in base:
       raise _unknown(path, key, base.keys(), source)
@@ -127,20 +126,12 @@ def merge(base: ConfigDict, update: Any, *, path: str = "", source: str = "confi
     if isinstance(current, ConfigDict):
       if replace_open and full in open_maps and isinstance(_as_dict(value), dict):
         # An open map given as a whole replaces the default entries.
-        with current.unlocked() if current.is_locked else _nullcontext():
+        with current.unlocked() if current.is_locked else contextlib.nullcontext():
           for old in list(current.keys()):
             del current[old]
-      merge(current, value, path=full, source=source, replace_open=replace_open)
+      merge(current, value, path=full, source=source, replace_open=replace_open, open_maps=open_maps)
     else:
       base[key] = _check_type(full, current, _as_dict(value), source)
-
-
-class _nullcontext:
-  def __enter__(self):
-    return self
-
-  def __exit__(self, *exc):
-    return False
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -163,12 +154,13 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key, raw
 
 
-def apply_override(config: ConfigDict, key: str, value: Any, source: str = "override") -> None:
+def apply_override(config: ConfigDict, key: str, value: Any, source: str = "override", *,
+                   open_maps: OpenMaps | None = None) -> None:
   parts = key.split(".")
   nested: Any = value
   for part in reversed(parts):
     nested = {part: nested}
-  merge(config, nested, source=f"{source} --config.{key}", replace_open=False)
+  merge(config, nested, source=f"{source} --config.{key}", replace_open=False, open_maps=open_maps)
 
 
 def load_file(path: str) -> Any:
@@ -182,43 +174,8 @@ def load_file(path: str) -> Any:
   return module.get_config()
 
 
-def load_config(path: str | None = None, overrides: Iterable[str] = (), *, base: Any = None,
-                init_from_must_exist: bool = True) -> ConfigDict:
-  """Defaults <- config file <- overrides, validated and locked.
-
-  `base` may be a dict / ConfigDict used instead of (or before) the file, for the Python API.
-  With `model.init_from` set, architecture fields left at their defaults are taken from that
-  HF directory or checkpoint (fields set explicitly must agree with it).
-  """
-  config = defaults()
-  if base is not None:
-    merge(config, base, source="config")
-  if path is not None:
-    merge(config, load_file(path), source=path)
-  for text in overrides:
-    key, value = parse_override(text)
-    apply_override(config, key, value)
-  if config.model.init_from:
-    from jaxtrain.converters.resolve import resolve_model_section
-    resolve_model_section(config, missing_ok=not init_from_must_exist)
-  validate(config)
-  config.lock()
-  return config
-
-
-def validate(config: ConfigDict) -> None:
-  for check in _validators():
-    check(config)
-
-
 def to_json(config: ConfigDict) -> str:
   return json.dumps(config.to_dict(), indent=2, sort_keys=True, default=str)
-
-
-def from_json(text: str) -> ConfigDict:
-  """Loads a resolved config written by `to_json` (validated against today's defaults). Its
-  architecture is already complete, so a since-deleted `model.init_from` is no error."""
-  return load_config(base=json.loads(text), init_from_must_exist=False)
 
 
 def require(condition: bool, key: str, message: str) -> None:
@@ -226,5 +183,4 @@ def require(condition: bool, key: str, message: str) -> None:
     raise ConfigError(f"config {key}: {message}")
 
 
-__all__ = ["ConfigError", "defaults", "load_config", "merge", "parse_override", "apply_override",
-           "validate", "to_json", "from_json", "require", "ml_collections"]
+__all__ = ["ConfigError", "Schema", "apply_override", "load_file", "merge", "parse_override", "require", "to_json"]

@@ -34,11 +34,6 @@ def parse_launch(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
   return args, overrides
 
 
-def parse_args(argv: list[str]) -> tuple[str, list[str]]:
-  args, overrides = parse_launch(argv)
-  return args.config, overrides
-
-
 def setup_logging() -> None:
   logging.basicConfig(level=logging.INFO, format="[jaxtrain] %(message)s", stream=sys.stderr)
   for noisy in ("absl", "orbax", "jax._src", "grain"):
@@ -63,12 +58,13 @@ def report(summary: dict, workdir: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
   setup_logging()
-  from jaxtrain.config import ConfigError, load_config
+  from jaxtrain.config import ConfigError
+  from jaxtrain.parallel import distributed
+  from jaxtrain.train.run_config import load_config
   from jaxtrain.train.trainer import Preempted, Trainer, exit_code_for
 
   args, overrides = parse_launch(sys.argv[1:] if argv is None else argv)
   path = args.config
-  from jaxtrain.parallel import distributed
   try:  # before anything asks JAX for devices
     distributed.initialize(args.coordinator, args.num_processes, args.process_id)
   except ValueError as e:

@@ -71,6 +71,8 @@ def train_curve(mesh: dict, *, steps: int = 5, model: dict | None = None, batch:
 
   from jaxtrain.parallel.mesh import make_mesh, mesh_context
   from jaxtrain.train import state as state_lib
+  from jaxtrain.models import factory
+  from jaxtrain.parallel import rules
   from jaxtrain.train.config import defaults as train_defaults
   from jaxtrain.train.optimizer import make_optimizer, schedule
   from jaxtrain.train.step import BATCH_KEYS, make_train_step
@@ -83,8 +85,8 @@ def train_curve(mesh: dict, *, steps: int = 5, model: dict | None = None, batch:
   mesh_cfg = ConfigDict({"data": 1, "fsdp": 1, "expert": 1, "sequence": 1, "tensor": 1, **mesh})
   m = make_mesh(mesh_cfg, None if devices is None else jax.devices()[:devices])
   with mesh_context(m, expert_exchange=expert_exchange):
-    graphdef, abstract, _ = state_lib.abstract_model(cfg)
-    shardings = state_lib.param_shardings(abstract, m)
+    graphdef, abstract, _ = factory.abstract_model(cfg)
+    shardings = rules.param_shardings(abstract, m)
     tx = make_optimizer(tc)
     state_sh = state_lib.state_shardings(tx, abstract, shardings, m)
     state = state_lib.init_state(state_lib.init_params(cfg, 0, shardings), tx, state_sh, 0)

@@ -2,7 +2,8 @@ import os
 
 import pytest
 
-from jaxtrain.config import ConfigError, load_config, parse_override
+from jaxtrain.config import ConfigError, parse_override
+from jaxtrain.train.run_config import load_config
 
 
 def _write(tmp_path, body: str) -> str:

@@ -84,9 +84,9 @@ def _param_count(path: str) -> float:
 
   from jaxtrain import load_config
   from jaxtrain.models.config import ModelConfig
-  from jaxtrain.train import state as state_lib
+  from jaxtrain.models import factory
   cfg = load_config(path, init_from_must_exist=False)
-  _, params, _ = state_lib.abstract_model(ModelConfig.from_config(cfg.model, cfg.kernels))
+  _, params, _ = factory.abstract_model(ModelConfig.from_config(cfg.model, cfg.kernels))
   return sum(x.size for x in jax.tree.leaves(params)) / 1e9
 
 

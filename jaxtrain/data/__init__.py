@@ -1,6 +1,6 @@
 """Data pipelines: sources -> format/tokenize -> pack -> batch -> per-process shard (Grain).
 
-Output contract of every pipeline (see DESIGN.md): dicts of int32 numpy arrays
+Output contract of every pipeline (see docs/architecture.md): dicts of int32 numpy arrays
 `[batch, seq_len]` named input_ids, target_ids, loss_mask, segment_ids (0 = padding),
 positions.
 
@@ -10,9 +10,9 @@ positions.
     unigram_loss(config, tok)
 
 Modules: config (the `data` section), tokenizer, chat (templates), files (paths, held-out
-split), sources, tokens (pre-tokenized), formats, packing, stats, pipeline, iterator,
-baseline. Imports are lazy so `import jaxtrain.config` stays cheap (Grain
-imports JAX).
+split), sources, tokens (pre-tokenized), kinds (config entry -> source), formats, packing,
+stats, pipeline, iterator, baseline. Imports are lazy so importing the `data` config section
+stays cheap (Grain imports JAX).
 """
 
 from __future__ import annotations

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from ml_collections import ConfigDict
 
+from jaxtrain.config import require
+
 # Where documents come from.
 KINDS = ("python_stdlib", "text", "jsonl", "parquet", "arrow", "tokens")
 # How a record becomes tokens and a loss mask.
@@ -88,8 +90,6 @@ def defaults() -> ConfigDict:
 
 
 def validate(config: ConfigDict) -> None:
-  from jaxtrain.config import require
-
   d = config.data
   require(d.seq_len >= 2, "data.seq_len", f"must be >= 2, got {d.seq_len}")
   require(isinstance(d.tokenizer, str) and d.tokenizer != "", "data.tokenizer",

@@ -21,11 +21,12 @@ from __future__ import annotations
 import zlib
 from typing import Any
 
+from jaxtrain.config import ConfigError
 from jaxtrain.data.errors import DataError
 from jaxtrain.data.formats import DocumentTransform
 from jaxtrain.data.iterator import DataIterator, encode_state
+from jaxtrain.data.kinds import open_source
 from jaxtrain.data.packing import BatchAssembler, pack, resolve_overlong
-from jaxtrain.data.sources import open_source
 from jaxtrain.data.tokenizer import build_tokenizer
 
 READ_GROUP = 16  # documents per Grain element before flattening into pieces
@@ -41,8 +42,6 @@ def source_seed(seed: int, name: str) -> int:
 
 
 def per_process_batch(config, process_count: int) -> int:
-  from jaxtrain.config import ConfigError
-
   batch = config.train.global_batch
   if batch % process_count:
     raise ConfigError(f"config train.global_batch: {batch} is not divisible by the {process_count} processes")
@@ -50,8 +49,6 @@ def per_process_batch(config, process_count: int) -> int:
 
 
 def check_vocab(config, tokenizer) -> None:
-  from jaxtrain.config import ConfigError
-
   model = config.get("model")
   if model is not None and tokenizer.vocab_size > model.vocab_size:
     raise ConfigError(f"config model.vocab_size: {model.vocab_size} is smaller than tokenizer "

@@ -9,7 +9,8 @@ Kinds: python_stdlib (this interpreter's own *.py files: a corpus every install 
 (one document per file or per line), jsonl (.gz allowed), parquet, arrow (IPC files or a
 `datasets.save_to_disk` directory), tokens (pre-tokenized, memory-mapped).
 
-The held-out split and file handling live in `files.py`; pre-tokenized sources in `tokens.py`.
+The held-out split and file handling live in `files.py`; pre-tokenized sources in `tokens.py`;
+`kinds.py` picks the source class for a config entry.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ import io
 import json
 import os
 import re
-import sysconfig
 import threading
 import tokenize
 from typing import Any, Sequence
@@ -30,10 +30,6 @@ import numpy as np
 
 from jaxtrain.data.errors import DataError
 from jaxtrain.data.files import Buffers, holdout_scores, line_spans, list_files, read_buffer, select_split
-
-DEFAULT_GLOBS = {"python_stdlib": "*.py", "text": "*.txt", "jsonl": "*.jsonl*", "parquet": "*.parquet",
-                 "arrow": "*.arrow", "tokens": "*.npy"}
-
 
 class Source:
   """Base: `__len__`, `__getitem__(i) -> (payload, file, where)`, plus bookkeeping."""
@@ -292,52 +288,3 @@ class ArrowSource(_TableSource):
   @staticmethod
   def _load(path, columns):
     return _open_arrow(path).select(columns)
-
-
-def required_fields(entry: Any) -> tuple[list[str], list[str]]:
-  """(required, optional) record fields of a source's format."""
-  fmt = entry.format
-  if fmt == "text":
-    return [entry.text_field], []
-  if fmt == "chat":
-    return [entry.messages_field], [entry.tools_field]
-  if fmt == "prompt_completion":
-    return [entry.prompt_field, entry.completion_field], []
-  return [entry.instruction_field, entry.output_field], [entry.input_field]
-
-
-def open_source(name: str, entry: Any, split: str, *, eval_fraction: float, seq_len: int, overlong: str,
-                tokenizer: Any) -> Source:
-  """Builds the source `data.sources.<name>` for `split` ("train" or "eval")."""
-  key = f"data.sources.{name}"
-  pattern = entry.glob or DEFAULT_GLOBS[entry.kind]
-  args = dict(split=split, holdout=entry.holdout, fraction=eval_fraction)
-  if entry.kind == "python_stdlib":
-    root = entry.path or sysconfig.get_paths()["stdlib"]
-    files = list(stdlib_files(root)) if not entry.glob else list_files(root, entry.glob, f"{key}.path")
-    return PythonSource(name, files, **args)
-  if entry.kind == "text":
-    files = list_files(entry.path, pattern, f"{key}.path")
-    if entry.text_unit == "line":
-      return LineSource(name, "text", files, **args)
-    return FileDocSource(name, "text", files, **args)
-  if entry.kind == "jsonl":
-    return LineSource(name, "jsonl", list_files(entry.path, pattern, f"{key}.path"), **args)
-  required, optional = required_fields(entry)
-  if entry.kind == "parquet":
-    return ParquetSource(name, "parquet", list_files(entry.path, pattern, f"{key}.path"), required=required,
-                         optional=optional, key=key, **args)
-  if entry.kind == "arrow":
-    files = []
-    for path, rel in list_files(entry.path, pattern, f"{key}.path"):
-      files += [(p, os.path.join(rel, os.path.basename(p))) for p in arrow_files(path, entry.hf_split, key)]
-    if not files:
-      raise DataError(f"config {key}.path: {entry.path!r} holds no .arrow files")
-    return ArrowSource(name, "arrow", files, required=required, optional=optional, key=key, **args)
-  if entry.kind == "tokens":
-    files = list_files(entry.path, pattern, f"{key}.path")
-    files = [(p, n) for p, n in files if not p.endswith(".offsets.npy")]
-    from jaxtrain.data.tokens import TokenSource
-    return TokenSource(name, files, dtype=entry.token_dtype, eos_id=tokenizer.eos_id,
-                       vocab_size=tokenizer.vocab_size, seq_len=seq_len, overlong=overlong, **args)
-  raise DataError(f"config {key}.kind: unknown kind {entry.kind!r}")

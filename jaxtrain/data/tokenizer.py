@@ -22,6 +22,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from jaxtrain.config import ConfigError
 from jaxtrain.data import chat
 
 SPECIAL_TOKEN_ATTRIBUTES = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token",
@@ -233,8 +234,6 @@ class HFTokenizer(Tokenizer):
 
 def resolve_chat_template(value: str) -> str | None:
   """data.chat_template: "" (the tokenizer's own), a path to a .jinja file, or a template."""
-  from jaxtrain.config import ConfigError
-
   if not value:
     return None
   if "{%" in value or "{{" in value:
@@ -247,8 +246,6 @@ def resolve_chat_template(value: str) -> str | None:
 
 def build_tokenizer(data: Any) -> Tokenizer:
   """The tokenizer named by `config.data` (the full run config is accepted too)."""
-  from jaxtrain.config import ConfigError
-
   if "seq_len" not in data and "data" in data:
     data = data["data"]
   template = resolve_chat_template(data.get("chat_template", ""))

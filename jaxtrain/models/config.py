@@ -8,6 +8,9 @@ from typing import Any
 
 from ml_collections import ConfigDict
 
+from jaxtrain import kernels
+from jaxtrain.config import require
+
 REMAT_POLICIES = ("none", "full", "save_dots", "save_attention_out")
 MOE_IMPLS = ("dropless", "capacity")
 ROUTERS = ("softmax_topk", "topk_softmax", "sigmoid_group")
@@ -211,9 +214,13 @@ def defaults() -> ConfigDict:
   return ConfigDict({"init_from": "", **values})
 
 
-def validate(config: ConfigDict) -> None:
-  from jaxtrain.config import require
+def kernels_defaults() -> ConfigDict:
+  """The `kernels` section: the implementation of each heavy op (see `jaxtrain.kernels`)."""
+  return ConfigDict({"attention": "auto", "gmm": "auto"})
 
+
+def validate(config: ConfigDict) -> None:
+  """The `model` and `kernels` sections."""
   m = config.model
   require(m.num_layers >= 1, "model.num_layers", f"must be >= 1, got {m.num_layers}")
   require(m.num_heads % max(m.num_kv_heads, 1) == 0 and m.num_kv_heads >= 1, "model.num_kv_heads",
@@ -267,6 +274,5 @@ def validate(config: ConfigDict) -> None:
     require("sliding_attention" not in m.layer_types or m.sliding_window > 0, "model.sliding_window",
             "sliding_attention layers need sliding_window > 0")
   for key in ("attention", "gmm"):
-    from jaxtrain import kernels
     require(config.kernels[key] in kernels.implementations(key), f"kernels.{key}",
             f"{config.kernels[key]!r} is not one of {kernels.implementations(key)}")

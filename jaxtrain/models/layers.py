@@ -18,7 +18,8 @@ def dtype_of(name: str):
 def param(rngs: nnx.Rngs | None, shape: Sequence[int], axes: Sequence[str | None], *, init: str = "normal",
           std: float = 0.02, dtype=jnp.float32) -> nnx.Param:
   """A parameter annotated with logical axis names (metadata `logical_axes`). Layers
-  stacked by the decoder gain a leading 'layers' axis; see `param_logical_axes`."""
+  stacked by the decoder gain a leading 'layers' axis; see
+  `jaxtrain.parallel.rules.param_logical_axes`."""
   shape = tuple(int(s) for s in shape)
   if len(axes) != len(shape):
     raise ValueError(f"logical axes {axes} do not match shape {shape}")
@@ -45,17 +46,6 @@ def state_variable(shape: Sequence[int], axes: Sequence[str | None], *, dtype=jn
   if len(axes) != len(shape):
     raise ValueError(f"logical axes {axes} do not match shape {shape}")
   return ModelState(jnp.zeros(shape, dtype), logical_axes=tuple(axes))
-
-
-def param_logical_axes(variable) -> tuple[str | None, ...]:
-  """Logical axes of a parameter, including the 'layers' axis the scan stacking added."""
-  axes = tuple(variable.get_metadata().get("logical_axes", ()))
-  ndim = len(variable.get_value().shape)
-  if len(axes) == ndim - 1:
-    axes = ("layers",) + axes
-  if len(axes) != ndim:
-    raise ValueError(f"parameter of shape {variable.get_value().shape} has logical axes {axes}")
-  return axes
 
 
 def cast(x, dtype):

@@ -10,7 +10,7 @@ from flax import nnx
 from jaxtrain.models.config import ModelConfig
 from jaxtrain.models.layers import activation, cast, dtype_of, glu, param, state_variable
 from jaxtrain.models.mlp import MLP
-from jaxtrain.parallel.expert import routed_experts
+from jaxtrain.parallel.moe import routed_experts
 from jaxtrain.parallel.rules import constrain
 
 

@@ -17,6 +17,8 @@ import numpy as np
 from jax.sharding import Mesh
 from ml_collections import ConfigDict
 
+from jaxtrain.config import ConfigError, require
+
 AXES = ("data", "fsdp", "expert", "sequence", "tensor")
 
 log = logging.getLogger("jaxtrain.parallel")
@@ -26,14 +28,14 @@ def defaults() -> ConfigDict:
   # -1 = take the devices the other axes leave; the default puts them all on fsdp (ZeRO-3).
   # expert_exchange: how MoE token copies reach the devices owning their experts: "padded"
   # (all_to_all of fixed worst-case buffers, any backend), "ragged" (ragged_all_to_all,
-  # GPU/TPU only) or "auto" (ragged on GPU/TPU, padded elsewhere).
+  # GPU/TPU only), "ragged_emulated" (the ragged exchange's offsets over all-gathers: a reference
+  # for backends without ragged_all_to_all, P times the memory) or "auto" (ragged on GPU/TPU,
+  # padded elsewhere).
   return ConfigDict({"data": 1, "fsdp": -1, "expert": 1, "sequence": 1, "tensor": 1, "expert_exchange": "auto"})
 
 
 def axis_sizes(mesh_config, num_devices: int) -> dict[str, int]:
   """Resolves -1 and checks that the product equals the device count."""
-  from jaxtrain.config import ConfigError
-
   sizes = {axis: int(mesh_config[axis]) for axis in AXES}
   free = [axis for axis, size in sizes.items() if size == -1]
   bad = [f"mesh.{axis}={size}" for axis, size in sizes.items() if size == 0 or size < -1]
@@ -57,8 +59,6 @@ def axis_sizes(mesh_config, num_devices: int) -> dict[str, int]:
 def check_sizes(config: ConfigDict, sizes: dict[str, int]) -> None:
   """Divisibility checks on the resolved mesh sizes (what `validate` cannot see while an
   axis is -1): each message names the mesh size and the number it must divide."""
-  from jaxtrain.config import ConfigError
-
   # (Key/value heads need no check: fewer than the sequence/tensor split are repeated.)
   model, errors = config.model, []
   heads = model.num_heads
@@ -72,7 +72,7 @@ def check_sizes(config: ConfigDict, sizes: dict[str, int]) -> None:
     if heads % (sizes["sequence"] * sizes["tensor"]):
       errors.append(f"mesh.sequence * mesh.tensor = {sizes['sequence'] * sizes['tensor']} does not divide "
                     f"model.num_heads={heads} (Ulysses gives each device whole heads)")
-  from jaxtrain.parallel.expert import ragged_supported
+  from jaxtrain.parallel.moe.select import ragged_supported
   if config.mesh.get("expert_exchange", "auto") == "ragged" and not ragged_supported():
     errors.append(f"mesh.expert_exchange='ragged' needs ragged_all_to_all, which the {jax.default_backend()!r} "
                   "backend does not implement; use 'padded' or 'auto'")
@@ -105,10 +105,8 @@ def make_mesh(mesh_config, devices=None, *, config: ConfigDict | None = None) ->
 
 def validate(config: ConfigDict) -> None:
   """Static checks that need no devices: divisibility of heads, experts and sequence."""
-  from jaxtrain.config import require
-
   mesh, model = config.mesh, config.model
-  from jaxtrain.parallel.expert import EXCHANGES
+  from jaxtrain.parallel.moe.select import EXCHANGES
   require(mesh.expert_exchange in EXCHANGES, "mesh.expert_exchange",
           f"{mesh.expert_exchange!r} is not one of {EXCHANGES}")
   for axis in AXES:
@@ -135,7 +133,7 @@ def mesh_context(mesh: Mesh, *, expert_exchange: str | None = None):
   """Makes `mesh` the ambient mesh (`jax.set_mesh` on new JAX, `use_mesh` before it) that
   model code reaches the parallel pieces through; `expert_exchange` (config
   mesh.expert_exchange) selects the MoE exchange for everything traced inside."""
-  from jaxtrain.parallel.expert import exchange_context
+  from jaxtrain.parallel.moe.select import exchange_context
 
   with contextlib.ExitStack() as stack:
     stack.enter_context(jax.set_mesh(mesh) if hasattr(jax, "set_mesh") else jax.sharding.use_mesh(mesh))

@@ -8,6 +8,7 @@ import contextvars
 from typing import Any, Sequence
 
 import jax
+from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
 # Parameter axes and activation axes have separate names: the same feature dimension is
@@ -104,3 +105,24 @@ def constrain(x, logical: Sequence[str | None]):
 
 def named_sharding(mesh, logical: Sequence[str | None], shape: Sequence[int]) -> NamedSharding:
   return NamedSharding(mesh, logical_to_spec(logical, shape, mesh))
+
+
+def param_logical_axes(variable) -> tuple[str | None, ...]:
+  """Logical axes of a parameter (metadata `logical_axes`), including the 'layers' axis that
+  stacking the decoder's layers added."""
+  axes = tuple(variable.get_metadata().get("logical_axes", ()))
+  ndim = len(variable.get_value().shape)
+  if len(axes) == ndim - 1:
+    axes = ("layers",) + axes
+  if len(axes) != ndim:
+    raise ValueError(f"parameter of shape {variable.get_value().shape} has logical axes {axes}")
+  return axes
+
+
+def param_shardings(abstract_variables, mesh):
+  """NamedSharding per variable (nnx.Param or model state) from its logical axes and the rules."""
+  def spec(variable):
+    shape = variable.get_value().shape
+    return variable.replace(NamedSharding(mesh, logical_to_spec(param_logical_axes(variable), shape, mesh)))
+
+  return jax.tree.map(spec, abstract_variables, is_leaf=lambda x: isinstance(x, nnx.Variable))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from ml_collections import ConfigDict
 
+from jaxtrain.config import require
+
 SCHEDULES = ("cosine", "linear", "constant")
 
 
@@ -57,8 +59,6 @@ def sample_defaults() -> ConfigDict:
 
 
 def validate(config: ConfigDict) -> None:
-  from jaxtrain.config import require
-
   t = config.train
   require(t.steps >= 0, "train.steps", f"must be >= 0, got {t.steps}")
   require(t.global_batch >= 1, "train.global_batch", f"must be >= 1, got {t.global_batch}")

@@ -11,11 +11,10 @@ _NO_DECAY_NAMES = ("scale", "sinks")
 
 def schedule(train_cfg) -> optax.Schedule:
   peak, steps, warmup = train_cfg.lr, max(train_cfg.steps, 1), min(train_cfg.warmup_steps, train_cfg.steps)
-  end = peak * train_cfg.min_lr_ratio
   if train_cfg.schedule == "constant":
     decay = optax.constant_schedule(peak)
   elif train_cfg.schedule == "linear":
-    decay = optax.linear_schedule(peak, end, max(steps - warmup, 1))
+    decay = optax.linear_schedule(peak, peak * train_cfg.min_lr_ratio, max(steps - warmup, 1))
   else:
     decay = optax.cosine_decay_schedule(peak, max(steps - warmup, 1), alpha=train_cfg.min_lr_ratio)
   if warmup <= 0:

@@ -10,10 +10,9 @@ import optax
 from flax import nnx, struct
 from jax.sharding import NamedSharding, PartitionSpec
 
+from jaxtrain.models import factory
 from jaxtrain.models.config import ModelConfig
-from jaxtrain.models.decoder import Decoder
-from jaxtrain.models.layers import param_logical_axes
-from jaxtrain.parallel.rules import logical_to_spec
+from jaxtrain.parallel.rules import param_shardings
 
 
 @struct.dataclass
@@ -25,22 +24,6 @@ class TrainState:
   # nnx.State of the model's non-trainable `ModelState` variables (the routers' score-correction
   # biases), updated by the train step outside the optimizer; None for models without any.
   model_state: Any = None
-
-
-def abstract_model(cfg: ModelConfig, seed: int = 0):
-  """(graphdef, abstract params, abstract model state (`ModelState` variables; empty for most
-  models)) without allocating anything."""
-  model = nnx.eval_shape(lambda: Decoder(cfg, rngs=nnx.Rngs(seed)))
-  return nnx.split(model, nnx.Param, ...)
-
-
-def param_shardings(abstract_params, mesh):
-  """NamedSharding per parameter from its logical axes and the rules table."""
-  def spec(variable):
-    shape = variable.get_value().shape
-    return variable.replace(NamedSharding(mesh, logical_to_spec(param_logical_axes(variable), shape, mesh)))
-
-  return jax.tree.map(spec, abstract_params, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
 def model_state_shardings(abstract_state, mesh):
@@ -63,7 +46,7 @@ def state_shardings(tx: optax.GradientTransformation, abstract_params, params_sh
 def init_params(cfg: ModelConfig, seed: int, shardings):
   """Random parameters created directly in their target shardings (never whole on one device)."""
   def init():
-    return nnx.state(Decoder(cfg, rngs=nnx.Rngs(seed)), nnx.Param)
+    return nnx.state(factory.create(cfg, seed), nnx.Param)
 
   return jax.jit(init, out_shardings=shardings)()
 
@@ -74,7 +57,7 @@ def init_model_state(cfg: ModelConfig, seed: int, shardings):
     return None
 
   def init():
-    return nnx.split(Decoder(cfg, rngs=nnx.Rngs(seed)), nnx.Param, ...)[2]
+    return nnx.split(factory.create(cfg, seed), nnx.Param, ...)[2]
 
   return jax.jit(init, out_shardings=shardings)()
 

@@ -22,17 +22,20 @@ from ml_collections import ConfigDict
 
 from jaxtrain import config as config_lib
 from jaxtrain import data as data_lib
+from jaxtrain.checkpoint import Checkpointer, abstract_with_shardings, checkpoint_dir, gather_process_states
+from jaxtrain.converters import load_params
 from jaxtrain.generate.sampler import generate, truncate_at_eos
+from jaxtrain.models import factory
 from jaxtrain.models.config import ModelConfig
-from jaxtrain.parallel import distributed, memory
+from jaxtrain.parallel import distributed, memory, rules
 from jaxtrain.parallel.mesh import make_mesh, mesh_context
 from jaxtrain.parallel.rules import logical_to_spec
 from jaxtrain.train import flops as flops_lib
 from jaxtrain.train import state as state_lib
-from jaxtrain.train.checkpoint import Checkpointer, abstract_with_shardings, checkpoint_dir, gather_process_states
 from jaxtrain.train.metrics import MetricsWriter
 from jaxtrain.train.optimizer import make_optimizer, schedule
 from jaxtrain.train.progress import Progress
+from jaxtrain.train.run_config import load_config
 from jaxtrain.train.step import BATCH_KEYS, make_eval_step, make_train_step
 
 log = logging.getLogger("jaxtrain")
@@ -47,9 +50,9 @@ class Trainer:
 
   def __init__(self, config: ConfigDict | str, overrides: list[str] | tuple[str, ...] = ()):
     if isinstance(config, str):
-      config = config_lib.load_config(config, overrides)
+      config = load_config(config, overrides)
     elif overrides:
-      config = config_lib.load_config(base=config, overrides=overrides)
+      config = load_config(base=config, overrides=overrides)
     self.config = config
     self.workdir = config.workdir
     self.model_cfg = ModelConfig.from_config(config.model, config.kernels)
@@ -69,9 +72,9 @@ class Trainer:
           f"({self.tokenizer.vocab_size} tokens, {cfg.data.tokenizer})")
     self.tx = make_optimizer(cfg.train)
     self.lr_schedule = schedule(cfg.train)
-    self.graphdef, abstract_params, abstract_model_state = state_lib.abstract_model(mc, cfg.seed)
+    self.graphdef, abstract_params, abstract_model_state = factory.abstract_model(mc, cfg.seed)
     self.abstract_params = abstract_params
-    self.params_sharding = state_lib.param_shardings(abstract_params, self.mesh)
+    self.params_sharding = rules.param_shardings(abstract_params, self.mesh)
     self.model_state_sharding = state_lib.model_state_shardings(abstract_model_state, self.mesh)
     self.abstract_model_state = abstract_model_state if self.model_state_sharding is not None else None
     self.state_sharding = state_lib.state_shardings(self.tx, abstract_params, self.params_sharding, self.mesh,
@@ -89,7 +92,6 @@ class Trainer:
     if not path:
       return (state_lib.init_params(self.model_cfg, self.config.seed, self.params_sharding),
               state_lib.init_model_state(self.model_cfg, self.config.seed, self.model_state_sharding))
-    from jaxtrain.converters import load_params
     log.info("initialising parameters from %s", path)
     return load_params(path, self.model_cfg, self.params_sharding, with_state=True,
                        state_sharding=self.model_state_sharding)

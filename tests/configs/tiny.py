@@ -1,6 +1,6 @@
 """A tiny MoE run for end-to-end tests: seconds per step on one CPU core."""
 
-from jaxtrain.config import defaults
+from jaxtrain import defaults
 
 
 def get_config():

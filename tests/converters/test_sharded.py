@@ -25,15 +25,16 @@ SCRIPT = textwrap.dedent("""
     from jaxtrain.converters import load as load_lib, save_hf, model_config_from_hf
     from jaxtrain.models.config import ModelConfig
     from jaxtrain.parallel.mesh import make_mesh, mesh_context
-    from jaxtrain.train import state as state_lib
+    from jaxtrain.models import factory
+    from jaxtrain.parallel import rules
     hf_dir, out, toks_path, logits_path, threshold = sys.argv[1:6]
     load_lib.HOST_ASSEMBLY_BYTES = int(threshold)
     load_lib.CHUNK_BYTES = 1000  # several row blocks per expert tensor
     assert jax.device_count() == 4
     mesh = make_mesh(ConfigDict({"data": 1, "fsdp": 2, "expert": 2, "sequence": 1, "tensor": 1}))
     cfg = ModelConfig.from_config(model_config_from_hf(hf_dir))
-    graphdef, abstract, rest = state_lib.abstract_model(cfg)
-    shardings = state_lib.param_shardings(abstract, mesh)
+    graphdef, abstract, rest = factory.abstract_model(cfg)
+    shardings = rules.param_shardings(abstract, mesh)
     params = load_lib.load_params(hf_dir, cfg, shardings)
     flat = dict(nnx.to_flat_state(params))
     want = dict(nnx.to_flat_state(shardings))

@@ -65,7 +65,7 @@ def llama_dir(tmp_path_factory) -> str:
 @pytest.fixture
 def make_config():
   """make_config(sources={...}, batch=4, **data_keys) -> a validated run config."""
-  from jaxtrain.config import load_config
+  from jaxtrain.train.run_config import load_config
 
   def make(sources=None, batch=4, model_vocab=None, **data):
     base = {"data": dict(data), "train": {"global_batch": batch}}
@@ -80,7 +80,7 @@ def make_config():
 
 
 def check_contract(batch: dict, batch_size: int, seq_len: int, pad_id: int) -> None:
-  """The batch contract of DESIGN.md, checked element by element."""
+  """The batch contract of docs/architecture.md, checked element by element."""
   keys = {"input_ids", "target_ids", "loss_mask", "segment_ids", "positions"}
   assert set(batch) == keys, set(batch)
   for k in keys:

@@ -4,7 +4,8 @@ import pathlib
 
 import pytest
 
-from jaxtrain.config import ConfigError, load_config
+from jaxtrain.config import ConfigError
+from jaxtrain.train.run_config import load_config
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 

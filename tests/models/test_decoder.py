@@ -70,7 +70,7 @@ def test_stages_scan_periodic_patterns_and_runs():
 
 
 def test_parameters_carry_logical_axes_and_a_layer_axis():
-  from jaxtrain.models.layers import param_logical_axes
+  from jaxtrain.parallel.rules import param_logical_axes
   model = Decoder(tiny_moe(num_layers=3), rngs=nnx.Rngs(0))
   params = nnx.state(model, nnx.Param)
   axes = {jax.tree_util.keystr(p): param_logical_axes(v) for p, v in

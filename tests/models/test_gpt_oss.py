@@ -87,7 +87,7 @@ def test_routed_experts_with_biases_and_clamped_glu_match_a_per_token_reference(
   import jax
 
   from jaxtrain.models.layers import activation, glu
-  from jaxtrain.parallel.expert import routed_experts
+  from jaxtrain.parallel.moe import routed_experts
   rng = np.random.default_rng(0)
   N, E, X, I, K = 24, 8, 4, 6, 2
   x = rng.normal(size=(N, E)).astype(np.float32)

@@ -31,7 +31,6 @@ print("RESULT " + json.dumps(out))
 EXTRAS = """
 import json, jax
 from jaxtrain import kernels
-from jaxtrain.parallel import expert
 from tests.parallel import driver
 init = driver.reference_state()
 out = {}  # compared with MATRIX's 1-device reference (same initial state and batches)
@@ -39,10 +38,8 @@ out = {}  # compared with MATRIX's 1-device reference (same initial state and ba
 out["fsdp2_seq4"] = driver.curve({"fsdp": 2, "sequence": 4}, host_state=init)
 # The ragged exchange's offsets, with an all-gather stand-in for ragged_all_to_all; plus
 # Ulysses and tensor parallel (expert hidden dim split, one psum).
-expert._ragged_impl = expert.emulated_ragged_all_to_all
 out["ragged_emulated_expert2_seq2_tensor2"] = driver.curve({"expert": 2, "sequence": 2, "tensor": 2}, host_state=init,
-                                                           expert_exchange="ragged")
-expert._ragged_impl = None
+                                                           expert_exchange="ragged_emulated")
 # Pallas kernels (interpret mode) inside the shard_maps, with full remat and 2 micro-batches,
 # against the same kernels and settings on one device.
 pallas = dict(model=dict(gmm_impl="pallas", attention_impl="pallas", remat="full"), micro_batches=2, host_state=init,

@@ -14,12 +14,14 @@ from jax.sharding import NamedSharding
 from ml_collections import ConfigDict
 
 from jaxtrain.kernels import pallas_backend
-from jaxtrain.parallel import distributed, expert
+from jaxtrain.parallel import distributed
 from jaxtrain.parallel.mesh import make_mesh, mesh_context
 from jaxtrain.parallel.memory import bytes_per_device
 from jaxtrain.parallel.rules import logical_to_spec
 from jaxtrain.train import state as state_lib
-from jaxtrain.train.checkpoint import Checkpointer, abstract_with_shardings
+from jaxtrain.models import factory
+from jaxtrain.parallel import rules
+from jaxtrain.checkpoint import Checkpointer, abstract_with_shardings
 from jaxtrain.train.config import defaults as train_defaults
 from jaxtrain.train.optimizer import make_optimizer, schedule
 from jaxtrain.train.step import BATCH_KEYS, make_train_step
@@ -47,9 +49,9 @@ class Setup:
     self.mesh = mesh
     self.cfg = tiny_moe(**(model or {}))
     self.tc = _train_config(steps, micro_batches)
-    self.graphdef, self.abstract, _ = state_lib.abstract_model(self.cfg)
+    self.graphdef, self.abstract, _ = factory.abstract_model(self.cfg)
     self.tx = make_optimizer(self.tc)
-    self.param_sh = state_lib.param_shardings(self.abstract, mesh)
+    self.param_sh = rules.param_shardings(self.abstract, mesh)
     self.state_sh = state_lib.state_shardings(self.tx, self.abstract, self.param_sh, mesh)
     self.batch_sh = NamedSharding(mesh, logical_to_spec(("act_batch", "act_seq"), (BATCH, SEQ), mesh))
 
@@ -105,7 +107,7 @@ def curve(sizes: dict, *, steps: int = 5, start: int = 0, total: int | None = No
       state = s.init_state()
     param_bytes = bytes_per_device(state.params)
     key = (tuple(sorted(sizes.items())), devices, tuple(sorted((model or {}).items())), total, micro_batches,
-           expert_exchange, expert._ragged_impl, pallas_backend.interpret())
+           expert_exchange, pallas_backend.interpret())
     if key not in _compiled:  # e.g. a restored run continuing a curve computed in this process
       step = jax.jit(make_train_step(s.graphdef, s.cfg, s.tc, s.tx, schedule(s.tc)),
                      in_shardings=(s.state_sh, {k: s.batch_sh for k in BATCH_KEYS}),

@@ -12,7 +12,8 @@ from tests.helpers import run_python
 
 SCRIPT = r"""
 import json, os, jax
-from jaxtrain.config import ConfigError, load_config
+from jaxtrain.config import ConfigError
+from jaxtrain.train.run_config import load_config
 from jaxtrain.train.trainer import Trainer
 
 compiles = []
@@ -47,18 +48,20 @@ out["compiles"] = list(compiles)
 from jaxtrain.parallel import memory
 from jaxtrain.parallel.mesh import make_mesh
 from jaxtrain.train import state as state_lib
+from jaxtrain.models import factory
+from jaxtrain.parallel import rules
 from jaxtrain.train.optimizer import make_optimizer
 from jaxtrain.models.config import ModelConfig
-from jaxtrain.train.checkpoint import abstract_with_shardings
+from jaxtrain.checkpoint import abstract_with_shardings
 config = load_config(TINY, ["--config.train.global_batch=8"])
 mc = ModelConfig.from_config(config.model, config.kernels)
-graphdef, abstract, _ = state_lib.abstract_model(mc)
+graphdef, abstract, _ = factory.abstract_model(mc)
 tx = make_optimizer(config.train)
 reports = {}
 for fsdp in (1, 2, 4, 8):
   cfg = load_config(TINY, ["--config.train.global_batch=8", f"--config.mesh.fsdp={fsdp}", f"--config.mesh.data={8 // fsdp}"])
   mesh = make_mesh(cfg.mesh, config=cfg)
-  psh = state_lib.param_shardings(abstract, mesh)
+  psh = rules.param_shardings(abstract, mesh)
   ssh = state_lib.state_shardings(tx, abstract, psh, mesh)
   state = abstract_with_shardings(jax.eval_shape(lambda: state_lib.init_state(abstract, tx, ssh, 0)), ssh)
   reports[fsdp] = memory.report(state, mc, cfg, mesh)

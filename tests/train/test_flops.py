@@ -8,6 +8,8 @@ from ml_collections import ConfigDict
 from jaxtrain.parallel.mesh import make_mesh, mesh_context
 from jaxtrain.train import flops
 from jaxtrain.train import state as state_lib
+from jaxtrain.models import factory
+from jaxtrain.parallel import rules
 from jaxtrain.train.config import defaults as train_defaults
 from jaxtrain.train.optimizer import make_optimizer, schedule
 from jaxtrain.train.step import make_train_step
@@ -21,8 +23,8 @@ def _xla_flops(cfg, batch, seq):
   tc.global_batch = batch
   mesh = make_mesh(MESH, jax.devices()[:1])
   with mesh_context(mesh):
-    graphdef, abstract, _ = state_lib.abstract_model(cfg)
-    shardings = state_lib.param_shardings(abstract, mesh)
+    graphdef, abstract, _ = factory.abstract_model(cfg)
+    shardings = rules.param_shardings(abstract, mesh)
     tx = make_optimizer(tc)
     state_sh = state_lib.state_shardings(tx, abstract, shardings, mesh)
     state = jax.eval_shape(lambda: state_lib.init_state(abstract, tx, state_sh, 0))

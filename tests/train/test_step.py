@@ -6,6 +6,8 @@ from ml_collections import ConfigDict
 
 from jaxtrain.parallel.mesh import make_mesh, mesh_context
 from jaxtrain.train import state as state_lib
+from jaxtrain.models import factory
+from jaxtrain.parallel import rules
 from jaxtrain.train.config import defaults as train_defaults
 from jaxtrain.train.optimizer import decay_mask, make_optimizer, schedule
 from jaxtrain.train.step import make_train_step
@@ -21,8 +23,8 @@ def _run(micro_batches: int, batch, **model_changes):
   tc.global_batch = batch["input_ids"].shape[0]
   mesh = make_mesh(MESH, jax.devices()[:1])
   with mesh_context(mesh):
-    graphdef, abstract, _ = state_lib.abstract_model(cfg)
-    shardings = state_lib.param_shardings(abstract, mesh)
+    graphdef, abstract, _ = factory.abstract_model(cfg)
+    shardings = rules.param_shardings(abstract, mesh)
     tx = make_optimizer(tc)
     state = state_lib.init_state(state_lib.init_params(cfg, 0, shardings), tx,
                                  state_lib.state_shardings(tx, abstract, shardings, mesh), 0)
@@ -47,7 +49,7 @@ def test_gradient_accumulation_equals_one_big_batch():
 
 def test_weight_decay_skips_norms_biases_and_sinks():
   cfg = tiny_moe(attention_bias=True, attention_sinks=True)
-  _, abstract, _ = state_lib.abstract_model(cfg)
+  _, abstract, _ = factory.abstract_model(cfg)
   mask = {jax.tree_util.keystr(p): m for p, m in jax.tree_util.tree_leaves_with_path(decay_mask(abstract))}
   assert not any(m for k, m in mask.items() if "norm" in k or "bias" in k or "sinks" in k)
   assert all(m for k, m in mask.items() if k.endswith("['q_proj']") or k.endswith("['gate_up']"))

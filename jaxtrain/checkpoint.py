@@ -1,8 +1,14 @@
-"""Orbax checkpoints of a run: train state, data-iterator state and the resolved config.
+"""The checkpoint format: Orbax checkpoints of a run's train state, data-iterator state and
+resolved config, and params-only checkpoints in the same layout (import-hf, model.init_from).
 
-Layout: `<workdir>/checkpoints/<step>/{state, data, config}`. Orbax writes each save into a
-temporary directory and renames it on commit, so an interrupted save is never listed as a
-checkpoint; `latest_step` only sees committed ones.
+Layout: `<workdir>/checkpoints/<step>/{state, data, config}`. A training run's `state` is the
+whole TrainState; a params-only checkpoint's `state` is `{"params": ..., "model_state": ...}`,
+which is also the part of a TrainState that `restore_params` reads (optimizer state is never
+read). Orbax writes each save into a temporary directory and renames it on commit, so an
+interrupted save is never listed as a checkpoint; `latest_step` only sees committed ones.
+
+This module sits below train/ and converters/ (which both read and write the format) and
+imports nothing of the package.
 """
 
 from __future__ import annotations
@@ -90,6 +96,39 @@ class Checkpointer:
   def close(self) -> None:
     self.manager.wait_until_finished()
     self.manager.close()
+
+
+def save_params(directory: str, item: dict, config: dict, step: int = 0) -> None:
+  """A params-only checkpoint: `item` = {"params": nnx.State[, "model_state": nnx.State]}.
+  Written uncompressed: tensorstore's compressed writer buffers a second copy of the arrays in
+  host memory, and trained weights barely compress."""
+  manager = ocp.CheckpointManager(
+      directory, options=ocp.CheckpointManagerOptions(enable_async_checkpointing=False, create=True),
+      item_names=("state", "data", "config"),
+      item_handlers={"state": ocp.PyTreeCheckpointHandler(use_compression=False),
+                     "data": ocp.JsonCheckpointHandler(), "config": ocp.JsonCheckpointHandler()})
+  try:
+    manager.save(step, args=ocp.args.Composite(state=ocp.args.PyTreeSave(item),
+                                               data=ocp.args.JsonSave({"iterator": None}),
+                                               config=ocp.args.JsonSave(config)), force=True)
+    manager.wait_until_finished()
+  finally:
+    manager.close()
+
+
+def restore_params(directory: str, step: int, target: dict) -> dict:
+  """Restores the entries of `target` ({"params": abstract State[, "model_state": ...]}, leaves
+  `jax.ShapeDtypeStruct`s with shardings) from `state` of a run's or a params-only checkpoint,
+  straight into those shardings."""
+  manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True, create=False),
+                                  item_names=("state",))
+  try:
+    restored = manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.PyTreeRestore(item=target, partial_restore=True,
+                                     restore_args=ocp.checkpoint_utils.construct_restore_args(target))))
+  finally:
+    manager.close()
+  return restored["state"]
 
 
 def gather_process_states(state: Any) -> list:
