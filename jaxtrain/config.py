@@ -30,31 +30,51 @@ class ConfigError(ValueError):
 
 
 OpenMaps = Mapping[str, Callable[[], ConfigDict]]
+AUTO = "auto"  # a value some keys accept in place of their type: the planner chooses it
+
+
+def is_auto(value: Any) -> bool:
+  return isinstance(value, str) and value == AUTO
 
 
 @dataclasses.dataclass(frozen=True)
 class Schema:
   """What a config may hold: its defaults, its open maps (dotted paths whose children are
-  user-named entries, each validated against a template) and its validators."""
+  user-named entries, each validated against a template), its validators, and the keys that
+  also accept "auto" whatever their type (a section given as "auto", e.g. `--config.mesh=auto`,
+  sets every such key under it)."""
   defaults: Callable[[], ConfigDict]
   open_maps: OpenMaps = dataclasses.field(default_factory=dict)
   validators: tuple[Callable[[ConfigDict], None], ...] = ()
+  auto_keys: frozenset[str] = frozenset()
 
   def build(self, path: str | None = None, overrides: Iterable[str] = (), *, base: Any = None) -> ConfigDict:
     """Defaults <- `base` (dict / ConfigDict) <- config file <- overrides; not yet validated."""
     config = self.defaults()
     if base is not None:
-      merge(config, base, source="config", open_maps=self.open_maps)
+      merge(config, base, source="config", open_maps=self.open_maps, auto_keys=self.auto_keys)
     if path is not None:
-      merge(config, load_file(path), source=path, open_maps=self.open_maps)
+      merge(config, load_file(path), source=path, open_maps=self.open_maps, auto_keys=self.auto_keys)
     for text in overrides:
       key, value = parse_override(text)
-      apply_override(config, key, value, open_maps=self.open_maps)
+      if value is None and isinstance(_lookup(config, key), str):
+        value = text.split("=", 1)[1]  # a string key keeps the word: --config.model.remat=none
+      apply_override(config, key, value, open_maps=self.open_maps, auto_keys=self.auto_keys)
     return config
 
   def validate(self, config: ConfigDict) -> None:
     for check in self.validators:
       check(config)
+
+
+def _lookup(config: ConfigDict, key: str) -> Any:
+  """The value at dotted `key`, or None where the path does not exist."""
+  node: Any = config
+  for part in key.split("."):
+    if not isinstance(node, ConfigDict) or part not in node:
+      return None
+    node = node[part]
+  return node
 
 
 def _suggest(key: str, candidates: Iterable[str]) -> str:
@@ -103,13 +123,21 @@ def _check_type(path: str, default: Any, value: Any, source: str) -> Any:
 
 
 def merge(base: ConfigDict, update: Any, *, path: str = "", source: str = "config", replace_open: bool = True,
-          open_maps: OpenMaps | None = None) -> None:
+          open_maps: OpenMaps | None = None, auto_keys: frozenset[str] = frozenset()) -> None:
   """Merges `update` (dict or ConfigDict) into `base` in place, rejecting unknown keys.
 
   With `replace_open`, an open map given as a whole replaces its default entries (a config
-  file lists all its data sources); overrides add to or edit single entries instead."""
+  file lists all its data sources); overrides add to or edit single entries instead. Keys in
+  `auto_keys` also accept "auto"; "auto" for a whole section sets its auto keys."""
   open_maps = open_maps or {}
   update = _as_dict(update)
+  if is_auto(update):
+    keys = [k for k in base.keys() if (f"{path}.{k}" if path else k) in auto_keys]
+    if not keys:
+      raise ConfigError(f"{source}: {path or 'config'} does not accept 'auto'")
+    for key in keys:
+      base[key] = AUTO
+    return
   if not isinstance(update, dict):
     raise ConfigError(f"{source}: {path or 'config'} must be a mapping, got {type(update).__name__}")
   for key, value in update.items():
@@ -118,7 +146,8 @@ def merge(base: ConfigDict, update: Any, *, path: str = "", source: str = "confi
       if key not in base:
         with base.unlocked() if base.is_locked else contextlib.nullcontext():
           base[key] = open_maps[path]()
-      merge(base[key], value, path=full, source=source, replace_open=replace_open, open_maps=open_maps)
+      merge(base[key], value, path=full, source=source, replace_open=replace_open, open_maps=open_maps,
+            auto_keys=auto_keys)
       continue
     if key not in base:
       raise _unknown(path, key, base.keys(), source)
@@ -129,7 +158,10 @@ def merge(base: ConfigDict, update: Any, *, path: str = "", source: str = "confi
         with current.unlocked() if current.is_locked else contextlib.nullcontext():
           for old in list(current.keys()):
             del current[old]
-      merge(current, value, path=full, source=source, replace_open=replace_open, open_maps=open_maps)
+      merge(current, value, path=full, source=source, replace_open=replace_open, open_maps=open_maps,
+            auto_keys=auto_keys)
+    elif full in auto_keys and (is_auto(value) or is_auto(current)):
+      base[key] = _as_dict(value)  # "auto", or a value in place of "auto" (the validators check it)
     else:
       base[key] = _check_type(full, current, _as_dict(value), source)
 
@@ -155,12 +187,13 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 
 def apply_override(config: ConfigDict, key: str, value: Any, source: str = "override", *,
-                   open_maps: OpenMaps | None = None) -> None:
+                   open_maps: OpenMaps | None = None, auto_keys: frozenset[str] = frozenset()) -> None:
   parts = key.split(".")
   nested: Any = value
   for part in reversed(parts):
     nested = {part: nested}
-  merge(config, nested, source=f"{source} --config.{key}", replace_open=False, open_maps=open_maps)
+  merge(config, nested, source=f"{source} --config.{key}", replace_open=False, open_maps=open_maps,
+        auto_keys=auto_keys)
 
 
 def load_file(path: str) -> Any:
@@ -183,4 +216,4 @@ def require(condition: bool, key: str, message: str) -> None:
     raise ConfigError(f"config {key}: {message}")
 
 
-__all__ = ["ConfigError", "Schema", "apply_override", "load_file", "merge", "parse_override", "require", "to_json"]
+__all__ = ["AUTO", "ConfigError", "Schema", "is_auto", "apply_override", "load_file", "merge", "parse_override", "require", "to_json"]

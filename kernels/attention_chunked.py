@@ -161,7 +161,12 @@ def chunked_attention(q, k, v, *, q_segment_ids=None, kv_segment_ids=None, q_pos
   vb = jnp.transpose(_blocks(v, bk, S_pad), (0, 1, 3, 2, 4))
   seg = lambda s, b, n: _blocks(s.astype(jnp.int32), b, n)  # padding gets segment 0: masked
   sinks_arg = sinks if sinks is not None else jnp.zeros((H,), jnp.float32)
-  out = _chunked(qb, kb, vb, seg(q_seg, bq, T_pad), seg(kv_seg, bk, S_pad), seg(q_pos, bq, T_pad),
-                 seg(kv_pos, bk, S_pad), sinks_arg, cfg)  # [nq, B, KVH, G, bq, Dv]
+  # The masks depend only on segment ids and positions, which are the same for every layer: under
+  # a scan over layers, JAX's partial evaluation would hoist them out of the layer loop as
+  # loop-invariant residuals, stacked over every (query block, key block) pair: O(T^2) memory.
+  # Tying them to q in one barrier keeps them per layer, recomputed per block.
+  qb, *segs = jax.lax.optimization_barrier((qb, seg(q_seg, bq, T_pad), seg(kv_seg, bk, S_pad), seg(q_pos, bq, T_pad),
+                                            seg(kv_pos, bk, S_pad)))
+  out = _chunked(qb, kb, vb, *segs, sinks_arg, cfg)  # [nq, B, KVH, G, bq, Dv]
   out = jnp.transpose(out, (1, 0, 4, 2, 3, 5)).reshape(B, T_pad, H, Dv)
   return out[:, :T]

@@ -38,13 +38,18 @@ def platform() -> str:
   return jax.default_backend()
 
 
+def auto_impl(op: str, platform_name: str) -> str:
+  """What "auto" picks for `op` on `platform_name` ("cpu", "gpu", "tpu", ...)."""
+  auto = _AUTO.get(op, {})
+  return auto.get(platform_name, auto.get("*", _REFERENCE[op]))
+
+
 def resolve(op: str, impl: str) -> tuple[str, Callable]:
   """Returns (name, function) for `impl` of `op`. Unknown names are errors; known
   implementations that cannot run on this backend fall back to the reference."""
   table = _REGISTRY[op]
   if impl == "auto":
-    auto = _AUTO.get(op, {})
-    impl = auto.get(platform(), auto.get("*", _REFERENCE[op]))
+    impl = auto_impl(op, platform())
   if impl not in table:
     raise ValueError(f"unknown {op} implementation {impl!r}; choose one of {implementations(op)}")
   supported = getattr(table[impl], "supported", None)

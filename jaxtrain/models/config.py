@@ -9,9 +9,9 @@ from typing import Any
 from ml_collections import ConfigDict
 
 from jaxtrain import kernels
-from jaxtrain.config import require
+from jaxtrain.config import is_auto, require
 
-REMAT_POLICIES = ("none", "full", "save_dots", "save_attention_out")
+REMAT_POLICIES = ("none", "full", "save_dots", "save_attention_out", "offload_dots", "offload_input")
 MOE_IMPLS = ("dropless", "capacity")
 ROUTERS = ("softmax_topk", "topk_softmax", "sigmoid_group")
 ROPE_TYPES = ("none", "linear", "llama3", "yarn")
@@ -104,6 +104,10 @@ class ModelConfig:
   swiglu_alpha: float = 1.702  # clamped_swiglu: gate * sigmoid(alpha * gate)
   swiglu_limit: float = 7.0  # clamped_swiglu: gate <= limit, |up| <= limit
   moe_impl: str = "dropless"
+  # Tokens of a row per chunk of the dense MLPs and routed experts (0 = the whole row): long rows
+  # run them chunk by chunk, each recomputed in the backward pass (their intermediates then exist
+  # for one chunk at a time); the router and its losses still see every token.
+  ffn_chunk: int = 0
   capacity_factor: float = 1.25
   aux_loss_weight: float = 0.001
   seq_aux_loss_weight: float = 0.0  # DeepSeek-V3 sequence-wise balance loss (per packed document)
@@ -111,7 +115,7 @@ class ModelConfig:
   # Numerics and memory.
   dtype: str = "float32"  # compute dtype; params stay in param_dtype (fp32 masters)
   param_dtype: str = "float32"
-  remat: str = "none"
+  remat: str = "none"  # rematerialisation of each layer: one of REMAT_POLICIES, or "auto" (the planner picks)
   # Kernel choices travel with the model so modules need no global state (from `kernels.*`).
   attention_impl: str = "auto"
   gmm_impl: str = "auto"
@@ -227,7 +231,8 @@ def validate(config: ConfigDict) -> None:
           f"num_heads={m.num_heads} must be a multiple of num_kv_heads={m.num_kv_heads}")
   require(m.head_dim > 0 or m.hidden_size % m.num_heads == 0, "model.head_dim",
           f"0 needs hidden_size={m.hidden_size} divisible by num_heads={m.num_heads}")
-  require(m.remat in REMAT_POLICIES, "model.remat", f"{m.remat!r} is not one of {REMAT_POLICIES}")
+  require(m.remat in REMAT_POLICIES or is_auto(m.remat), "model.remat",
+          f"{m.remat!r} is not one of {REMAT_POLICIES} or 'auto' (the planner picks)")
   require(m.moe_impl in MOE_IMPLS, "model.moe_impl", f"{m.moe_impl!r} is not one of {MOE_IMPLS}")
   require(m.router in ROUTERS, "model.router", f"{m.router!r} is not one of {ROUTERS}")
   require(m.activation in ACTIVATIONS, "model.activation", f"{m.activation!r} is not one of {ACTIVATIONS}")
@@ -247,6 +252,7 @@ def validate(config: ConfigDict) -> None:
   require(m.expert_activation in EXPERT_ACTIVATIONS, "model.expert_activation",
           f"{m.expert_activation!r} is not one of {EXPERT_ACTIVATIONS}")
   require(m.swiglu_limit > 0, "model.swiglu_limit", f"must be > 0, got {m.swiglu_limit}")
+  require(m.ffn_chunk >= 0, "model.ffn_chunk", f"must be >= 0 (0 = no chunking), got {m.ffn_chunk}")
   require(m.router_bias_update_rate >= 0, "model.router_bias_update_rate",
           f"must be >= 0, got {m.router_bias_update_rate}")
   require(m.seq_aux_loss_weight >= 0, "model.seq_aux_loss_weight", f"must be >= 0, got {m.seq_aux_loss_weight}")

@@ -20,11 +20,23 @@ from jaxtrain.models.moe import MoE
 from jaxtrain.models.rope import rope_tables
 from jaxtrain.parallel.rules import constrain
 
+_policies = jax.checkpoint_policies
 _REMAT = {
-    "full": jax.checkpoint_policies.nothing_saveable,
-    "save_dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
-    "save_attention_out": jax.checkpoint_policies.save_only_these_names("attention_out"),
+    "full": _policies.nothing_saveable,
+    "save_dots": _policies.dots_with_no_batch_dims_saveable,
+    "save_attention_out": _policies.save_only_these_names("attention_out"),
+    # Host offload (platforms whose host memory is separate, GPU/TPU): what save_dots keeps, or
+    # only each layer's input (full remat otherwise), moved to pinned host memory.
+    "offload_dots": _policies.offload_dot_with_no_batch_dims("device", "pinned_host"),
+    "offload_input": _policies.save_and_offload_only_these_names(
+        names_which_can_be_saved=[], names_which_can_be_offloaded=["layer_input"], offload_src="device",
+        offload_dst="pinned_host"),
 }
+
+
+def remat_policy(name: str):
+  """The `jax.checkpoint` policy of a `model.remat` name (None for "none")."""
+  return _REMAT.get(name)
 
 
 @struct.dataclass
@@ -49,7 +61,7 @@ class Block(nnx.Module):
       self.moe = MoE(cfg, rngs=rngs)
     else:
       self.mlp = MLP(E, cfg.intermediate_size, act=cfg.activation, std=cfg.initializer_range, param_dtype=pd,
-                     rngs=rngs)
+                     rngs=rngs, chunk=cfg.ffn_chunk)
 
   def __call__(self, x, cos, sin, segment_ids, positions, cache):
     h, cache = self.attn(self.input_norm(x), cos, sin, segment_ids, positions=positions, cache=cache)
@@ -88,6 +100,7 @@ class Stage(nnx.Module):
 
     def body(x, xs):
       layer_state, layer_caches = xs
+      x = checkpoint_name(x, "layer_input")
       blocks = nnx.merge(graphdef, layer_state)
       auxes, new_caches = [], []
       for j, block in enumerate(blocks):
@@ -98,7 +111,10 @@ class Stage(nnx.Module):
       return x, (auxes, None if layer_caches is None else new_caches)
 
     if self.remat != "none":
-      body = jax.checkpoint(body, policy=_REMAT[self.remat], prevent_cse=False)
+      # Inside a scan, CSE cannot merge the recomputation with the forward pass, so no barrier is
+      # needed; a one-layer stage is unrolled by XLA, and without the barrier its recomputation
+      # may be scheduled early, during the loss's backward pass, adding to its peak.
+      body = jax.checkpoint(body, policy=remat_policy(self.remat), prevent_cse=self.repeats == 1)
     x, (auxes, new_caches) = jax.lax.scan(body, x, (state, caches))
     return x, auxes, new_caches
 

@@ -118,7 +118,7 @@ class MoE(nnx.Module):
       self.down_bias = param(None, (X, E), ("expert", "embed"), init="zeros", dtype=pd)
     if cfg.shared_expert_intermediate_size:
       self.shared = MLP(E, cfg.shared_expert_intermediate_size, act=cfg.activation, std=std,
-                        param_dtype=cfg.param_dtype, rngs=rngs)
+                        param_dtype=cfg.param_dtype, rngs=rngs, chunk=cfg.ffn_chunk)
       if cfg.shared_expert_gate:
         self.shared_gate = param(rngs, (E, 1), ("embed", None), std=std, dtype=pd)
 
@@ -136,11 +136,26 @@ class MoE(nnx.Module):
       extra["glu"] = glu(cfg.expert_activation, cfg.activation, alpha=cfg.swiglu_alpha, limit=cfg.swiglu_limit)
     if cfg.expert_bias:
       extra.update(gate_up_bias=cast(self.gate_up_bias[...], x.dtype), down_bias=cast(self.down_bias[...], x.dtype))
-    out, load, dropped = routed_experts(
-        tokens, ids, weights, valid, cast(self.gate_up[...], x.dtype), cast(self.down[...], x.dtype),
-        act=activation(cfg.activation), mode=cfg.moe_impl, capacity_factor=cfg.capacity_factor,
-        impl=cfg.gmm_impl, **extra)
-    y = out.reshape(B, T, E)
+    gate_up, down = cast(self.gate_up[...], x.dtype), cast(self.down[...], x.dtype)
+
+    def experts(x, ids, weights, valid):  # [b, t, ...] -> ([b, t, E], load [X], dropped)
+      b, t = x.shape[:2]
+      out, load, dropped = routed_experts(
+          x.reshape(b * t, E), ids.reshape(b * t, -1), weights.reshape(b * t, -1), valid.reshape(b * t), gate_up,
+          down, act=activation(cfg.activation), mode=cfg.moe_impl, capacity_factor=cfg.capacity_factor,
+          impl=cfg.gmm_impl, **extra)
+      return out.reshape(b, t, E), load, dropped
+
+    rows = (x, ids.reshape(B, T, -1), weights.reshape(B, T, -1), valid.reshape(B, T))
+    chunk = cfg.ffn_chunk if cfg.moe_impl == "dropless" else 0  # capacity is per call: never chunked
+    if chunk and chunk < T and T % chunk == 0:
+      # Long rows: the routed experts (and their dispatch buffers) one chunk of every row at a
+      # time, recomputed in the backward pass; routing and its losses saw every token above.
+      split = lambda a: jnp.moveaxis(a.reshape(B, T // chunk, chunk, *a.shape[2:]), 1, 0)  # noqa: E731
+      outs, loads, drops = jax.lax.map(lambda a: jax.checkpoint(experts)(*a), tuple(split(a) for a in rows))
+      y, load, dropped = jnp.moveaxis(outs, 0, 1).reshape(B, T, E), jnp.sum(loads, 0), jnp.sum(drops)
+    else:
+      y, load, dropped = experts(*rows)
     if cfg.shared_expert_intermediate_size:
       shared = self.shared(x)
       if cfg.shared_expert_gate:

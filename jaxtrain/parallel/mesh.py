@@ -17,9 +17,12 @@ import numpy as np
 from jax.sharding import Mesh
 from ml_collections import ConfigDict
 
-from jaxtrain.config import ConfigError, require
+from jaxtrain.config import ConfigError, is_auto, require
 
 AXES = ("data", "fsdp", "expert", "sequence", "tensor")
+# Keys that accept "auto" (the planner, jaxtrain/plan, picks them before the mesh is built);
+# `--config.mesh=auto` sets them all.
+AUTO_KEYS = tuple(f"mesh.{axis}" for axis in AXES)
 
 log = logging.getLogger("jaxtrain.parallel")
 
@@ -30,12 +33,17 @@ def defaults() -> ConfigDict:
   # (all_to_all of fixed worst-case buffers, any backend), "ragged" (ragged_all_to_all,
   # GPU/TPU only), "ragged_emulated" (the ragged exchange's offsets over all-gathers: a reference
   # for backends without ragged_all_to_all, P times the memory) or "auto" (ragged on GPU/TPU,
-  # padded elsewhere).
-  return ConfigDict({"data": 1, "fsdp": -1, "expert": 1, "sequence": 1, "tensor": 1, "expert_exchange": "auto"})
+  # padded elsewhere). Axis sizes may be "auto" (see AUTO_KEYS).
+  return ConfigDict({"data": 1, "fsdp": -1, "expert": 1, "sequence": 1, "tensor": 1, "expert_exchange": "auto"},
+                    type_safe=False)
 
 
 def axis_sizes(mesh_config, num_devices: int) -> dict[str, int]:
   """Resolves -1 and checks that the product equals the device count."""
+  pending = [f"mesh.{axis}" for axis in AXES if is_auto(mesh_config[axis])]
+  if pending:
+    raise ConfigError(f"{', '.join(pending)} = 'auto' must be resolved by the planner before the mesh is built "
+                      "(jaxtrain.plan.resolve_auto; the Trainer does this)")
   sizes = {axis: int(mesh_config[axis]) for axis in AXES}
   free = [axis for axis, size in sizes.items() if size == -1]
   bad = [f"mesh.{axis}={size}" for axis, size in sizes.items() if size == 0 or size < -1]
@@ -110,7 +118,11 @@ def validate(config: ConfigDict) -> None:
   require(mesh.expert_exchange in EXCHANGES, "mesh.expert_exchange",
           f"{mesh.expert_exchange!r} is not one of {EXCHANGES}")
   for axis in AXES:
-    require(mesh[axis] == -1 or mesh[axis] >= 1, f"mesh.{axis}", f"must be >= 1 or -1, got {mesh[axis]}")
+    size = mesh[axis]
+    require(is_auto(size) or (isinstance(size, int) and (size == -1 or size >= 1)), f"mesh.{axis}",
+            f"must be >= 1, -1 or 'auto', got {size!r}")
+  if any(is_auto(mesh[axis]) for axis in AXES):
+    return  # the planner checks the sizes it picks
   if mesh.expert > 1:
     require(model.num_experts % mesh.expert == 0, "mesh.expert",
             f"mesh.expert={mesh.expert} does not divide model.num_experts={model.num_experts}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ml_collections import ConfigDict
 
-from jaxtrain.config import require
+from jaxtrain.config import is_auto, require
 
 SCHEDULES = ("cosine", "linear", "constant")
 
@@ -13,7 +13,7 @@ def defaults() -> ConfigDict:
   return ConfigDict({
       "steps": 1000,
       "global_batch": 8,  # sequences per optimizer step, over all devices and micro-batches
-      "micro_batches": 1,  # gradient accumulation: global_batch is split into this many
+      "micro_batches": 1,  # gradient accumulation: global_batch is split into this many ("auto": the planner)
       "lr": 3e-4,
       "schedule": "cosine",
       "warmup_steps": 100,
@@ -24,10 +24,11 @@ def defaults() -> ConfigDict:
       "eps": 1e-8,
       "clip_norm": 1.0,  # global-norm clipping; 0 disables
       "loss_vocab_chunk": 8192,  # vocab columns per cross-entropy chunk (bounds the [tokens, vocab] logits)
+      "check_memory": True,  # refuse, before compiling, a config the planner predicts cannot fit
       "log_every": 10,
       "progress": True,  # progress bar on the terminal
       "max_compile_seconds_warning": 600.0,
-  })
+  }, type_safe=False)  # micro_batches may be "auto"
 
 
 def eval_defaults() -> ConfigDict:
@@ -62,8 +63,9 @@ def validate(config: ConfigDict) -> None:
   t = config.train
   require(t.steps >= 0, "train.steps", f"must be >= 0, got {t.steps}")
   require(t.global_batch >= 1, "train.global_batch", f"must be >= 1, got {t.global_batch}")
-  require(t.micro_batches >= 1 and t.global_batch % t.micro_batches == 0, "train.micro_batches",
-          f"micro_batches={t.micro_batches} must divide global_batch={t.global_batch}")
+  require(is_auto(t.micro_batches) or (isinstance(t.micro_batches, int) and t.micro_batches >= 1
+                                       and t.global_batch % t.micro_batches == 0), "train.micro_batches",
+          f"micro_batches={t.micro_batches!r} must divide global_batch={t.global_batch} (or be 'auto')")
   require(t.schedule in SCHEDULES, "train.schedule", f"{t.schedule!r} is not one of {SCHEDULES}")
   require(t.lr > 0, "train.lr", f"must be > 0, got {t.lr}")
   require(0 <= t.min_lr_ratio <= 1, "train.min_lr_ratio", f"must be in [0, 1], got {t.min_lr_ratio}")

@@ -40,7 +40,8 @@ def defaults() -> ConfigDict:
 
 SCHEMA = config_lib.Schema(
     defaults=defaults, open_maps=data_config.OPEN_MAPS,
-    validators=(model_config.validate, data_config.validate, train_config.validate, mesh_lib.validate))
+    validators=(model_config.validate, data_config.validate, train_config.validate, mesh_lib.validate),
+    auto_keys=frozenset(mesh_lib.AUTO_KEYS + ("model.remat", "train.micro_batches")))
 
 
 def load_config(path: str | None = None, overrides: Iterable[str] = (), *, base: Any = None,

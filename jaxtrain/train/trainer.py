@@ -27,11 +27,12 @@ from jaxtrain.converters import load_params
 from jaxtrain.generate.sampler import generate, truncate_at_eos
 from jaxtrain.models import factory
 from jaxtrain.models.config import ModelConfig
-from jaxtrain.parallel import distributed, memory, rules
+from jaxtrain.parallel import distributed, rules
 from jaxtrain.parallel.mesh import make_mesh, mesh_context
 from jaxtrain.parallel.rules import logical_to_spec
 from jaxtrain.train import flops as flops_lib
 from jaxtrain.train import state as state_lib
+from jaxtrain.train.memory_check import device_memory_metrics, memory_metrics, plan_run
 from jaxtrain.train.metrics import MetricsWriter
 from jaxtrain.train.optimizer import make_optimizer, schedule
 from jaxtrain.train.progress import Progress
@@ -53,10 +54,12 @@ class Trainer:
       config = load_config(config, overrides)
     elif overrides:
       config = load_config(base=config, overrides=overrides)
+    distributed.initialize()  # multi-process launch from JAX_* env vars; no-op otherwise or if done
+    # "auto" mesh / remat / micro-batches are the planner's; a config that cannot fit fails here.
+    config, self.predicted = plan_run(config)
     self.config = config
     self.workdir = config.workdir
     self.model_cfg = ModelConfig.from_config(config.model, config.kernels)
-    distributed.initialize()  # multi-process launch from JAX_* env vars; no-op otherwise or if done
     self.is_main = jax.process_index() == 0
     self.stop_signal: int | None = None
     # Mesh errors surface here, before anything is compiled or loaded.
@@ -149,7 +152,6 @@ class Trainer:
       with open(os.path.join(self.workdir, "config.json"), "w") as f:
         f.write(config_lib.to_json(cfg))
     state, data_state = self._restore_or_init()
-    memory.log_report(state, self.model_cfg, cfg, self.mesh)
     start = int(state.step)
     n_params = state_lib.count_params(state.params)
     log.info("model: %s, %.2fM parameters, mesh %s", self.model_cfg.arch, n_params / 1e6, dict(self.mesh.shape))
@@ -181,6 +183,7 @@ class Trainer:
           compiled = train_step.lower(state, batch).compile()
           summary["compile_seconds"] = time.perf_counter() - t0
           log.info("compiled the train step in %.1fs", summary["compile_seconds"])
+          memory_record = memory_metrics(self.predicted, compiled)
           interval_start = time.perf_counter()
         state, metrics = compiled(state, batch)
         step += 1
@@ -194,6 +197,7 @@ class Trainer:
           metrics["tflops_per_device"] = flops_per_token * metrics["tokens_per_sec"] / self.mesh.size / 1e12
           if peak:
             metrics["mfu"] = flops_lib.mfu(flops_per_token, metrics["tokens_per_sec"], self.mesh.size, peak)
+          metrics.update(memory_record, **device_memory_metrics())
           last_record = metrics_writer.write(step, metrics)
           progress.update(step, last_record)
           interval_start, interval_steps = time.perf_counter(), 0

@@ -1,6 +1,6 @@
 """Mesh configuration errors surface at start-up (config load or `Trainer(config)`), with both
-numbers in the message and before anything compiles; the memory report reads per-device bytes
-from the shardings; the batch layout check; the multi-process settings."""
+numbers in the message and before anything compiles; the planner's state bytes equal the
+shardings'; the batch layout check; the multi-process settings."""
 
 from __future__ import annotations
 
@@ -44,8 +44,10 @@ out["bad_exchange"] = error(["--config.mesh.expert_exchange=fast"], construct=Fa
 out["ok"] = error(["--config.mesh.fsdp=2", "--config.mesh.expert=2", "--config.mesh.sequence=2"])
 out["compiles"] = list(compiles)
 
-# Memory: bytes per device from the shardings of the abstract state, as fsdp grows.
-from jaxtrain.parallel import memory
+# Memory: the planner's per-device state bytes vs the real shardings' bytes, as fsdp grows.
+from jaxtrain.parallel.memory import bytes_per_device
+from jaxtrain.plan.memory import format_memory, predict as plan_memory
+from jaxtrain.plan.workload import Workload, candidate_from_config
 from jaxtrain.parallel.mesh import make_mesh
 from jaxtrain.train import state as state_lib
 from jaxtrain.models import factory
@@ -64,8 +66,10 @@ for fsdp in (1, 2, 4, 8):
   psh = rules.param_shardings(abstract, mesh)
   ssh = state_lib.state_shardings(tx, abstract, psh, mesh)
   state = abstract_with_shardings(jax.eval_shape(lambda: state_lib.init_state(abstract, tx, ssh, 0)), ssh)
-  reports[fsdp] = memory.report(state, mc, cfg, mesh)
-  reports[fsdp]["text"] = memory.format_report(reports[fsdp], mesh, mc.remat)
+  predicted = plan_memory(Workload.from_config(cfg), candidate_from_config(cfg), "cpu")
+  reports[fsdp] = {"params": bytes_per_device(state.params), "opt_state": bytes_per_device(state.opt_state),
+                   "predicted_params": predicted.params, "predicted_opt_state": predicted.opt_state,
+                   "activations": predicted.activations, "text": format_memory(predicted)}
 out["memory"] = reports
 out["full_params"] = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(abstract))
 print("RESULT " + json.dumps(out))
@@ -93,7 +97,7 @@ def test_misconfigured_meshes_fail_fast_naming_both_numbers(result):
   assert result["compiles"] == []  # every error came before any compilation
 
 
-def test_memory_report_params_and_optimizer_fall_as_fsdp_grows(result):
+def test_planner_state_bytes_equal_the_shardings_as_fsdp_grows(result):
   mem = {int(k): v for k, v in result["memory"].items()}
   params = [mem[f]["params"] for f in (1, 2, 4, 8)]
   opt = [mem[f]["opt_state"] for f in (1, 2, 4, 8)]
@@ -101,8 +105,11 @@ def test_memory_report_params_and_optimizer_fall_as_fsdp_grows(result):
   assert params == sorted(params, reverse=True) and len(set(params)) == 4
   assert params[3] < params[0] / 4
   assert opt == sorted(opt, reverse=True) and opt[3] < opt[0] / 4
-  assert all(m["activations"] > 0 for m in mem.values())
-  assert "params" in mem[8]["text"] and "fsdp=8" in mem[8]["text"]
+  for f in (1, 2, 4, 8):
+    assert mem[f]["predicted_params"] == mem[f]["params"]  # exact, from the same rules
+    assert abs(mem[f]["predicted_opt_state"] - mem[f]["opt_state"]) <= 16  # AdamW moments (+ step counters)
+    assert mem[f]["activations"] > 0
+  assert "params" in mem[8]["text"] and "per device" in mem[8]["text"]
 
 
 def test_distributed_settings_from_arguments_and_environment(monkeypatch):

@@ -28,6 +28,8 @@ EXCHANGES = ("auto", "ragged", "padded", "ragged_emulated")
 RAGGED_BACKENDS = ("gpu", "tpu")  # where XLA implements ragged-all-to-all
 
 _exchange: contextvars.ContextVar[str] = contextvars.ContextVar("jaxtrain_expert_exchange", default="auto")
+_forced: contextvars.ContextVar[Dispatcher | None] = contextvars.ContextVar("jaxtrain_forced_dispatcher",
+                                                                             default=None)
 
 
 def check_exchange(exchange: str) -> None:
@@ -44,6 +46,17 @@ def exchange_context(exchange: str):
     yield
   finally:
     _exchange.reset(token)
+
+
+@contextlib.contextmanager
+def forced_dispatcher(dispatcher: Dispatcher):
+  """MoE layers traced inside use `dispatcher` whatever the mesh: the planner traces one
+  device's program (jaxtrain/plan/activations.py) with the dispatcher the mesh would pick."""
+  token = _forced.set(dispatcher)
+  try:
+    yield
+  finally:
+    _forced.reset(token)
 
 
 def current_exchange() -> str:
@@ -79,6 +92,8 @@ def select(exchange: str, impl: str, layout: Layout | None, *, backend: str | No
   `backend` (default: the running one); there the per-device compute is always the grouped
   matmul (`impl` "blocked" = `gmm_blocked`). The gmm kernel resolves for the running backend."""
   check_exchange(exchange)
+  if _forced.get() is not None:
+    return _forced.get()
   if layout is None:
     return LocalBlocks() if kernels.resolve("gmm", impl)[0] == "blocked" else LocalSorted()
   checked = col.checks_vma("gmm", impl)

@@ -1,0 +1,236 @@
+"""Activation memory of one decoder layer, read off JAX's own autodiff: the real `Block`, with
+the remat policy the decoder applies, is traced at one device's shapes, and the residuals its
+VJP keeps are the activations the scanned forward pass stacks for the backward pass. Nothing is
+compiled or allocated, so this works at any size and for any architecture the model code can
+express (a new block option, LoRA, FP8, a vision tower: whatever autodiff keeps is counted).
+
+Residuals are classified by what they depend on: the layer input (activations: one copy per
+layer), only the weights (e.g. bf16 copies of fp32 weights: per layer, sharded like the
+weights), only the rotary tables / segment ids / positions (loop-invariant: the scan computes
+them once) or nothing new (the weights and tables themselves, constants). Offloading policies put
+residuals in host memory; they are counted separately.
+
+One device's shapes: the rows and tokens of a micro-batch on one device (sequence parallel
+splits the tokens; Ulysses attention then sees all tokens for a share of the heads, the same
+number of elements), heads and MLP widths divided by the tensor axis. MoE layers run the
+routed experts the way the mesh does on each device (`parallel.moe.forced_dispatcher`): one
+device's padded blocks (the CPU path), sort + grouped matmul (experts not split), or an
+exchange with the `expert` peers at its worst-case buffer sizes, traced as `jax.vmap` over the
+peers (one device's share is the total over the peers).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.ad_checkpoint import checkpoint_name
+from jax.extend.core import Literal
+
+from jaxtrain.models.config import LayerKind, ModelConfig
+from jaxtrain.models.decoder import Block, remat_policy
+from jaxtrain.models.layers import dtype_of
+from jaxtrain.models.rope import rope_tables
+from jaxtrain.parallel.moe import LocalBlocks, LocalSorted, PaddedAllToAll, forced_dispatcher
+from jaxtrain.plan.liveness import peak_bytes
+
+# Dependence flags of traced values.
+_ACT, _WEIGHT, _CONST, _PEERS = 1, 2, 4, 8  # _PEERS: carries the vmapped peer axis
+_EXPERT_PARAMS = ("gate_up", "down", "gate_up_bias")
+_SAME_BUFFER = frozenset(("reshape", "squeeze", "expand_dims", "transpose"))  # the routed experts' weights (split over `expert`)
+
+
+@dataclasses.dataclass(frozen=True)
+class Residuals:
+  """Bytes one layer keeps for its backward pass, by what they depend on."""
+  activations: int  # depend on the layer input: one copy per layer, on device
+  weights: int  # depend only on the weights (per layer, sharded like the weights)
+  invariant: int  # depend only on rotary tables / segments / positions: once per stage
+  offloaded: int  # kept in host memory (offloading policies)
+
+  @property
+  def device(self) -> int:
+    return self.activations + self.weights + self.invariant
+
+
+@dataclasses.dataclass(frozen=True)
+class DispatchPath:
+  """How one MoE layer's routed experts run on one device."""
+  kind: str  # "blocks" (one device's padded blocks, CPU), "sorted" (experts not split), "exchange"
+  peers: int = 1  # devices sharing the experts (exchange)
+
+  def dispatcher(self):
+    if self.kind == "blocks":
+      return LocalBlocks()
+    if self.kind == "sorted":
+      return LocalSorted()
+    return PaddedAllToAll("peers", self.peers)
+
+
+def _nbytes(aval) -> int:
+  return int(np.prod(aval.shape, dtype=np.int64)) * np.dtype(aval.dtype).itemsize
+
+
+def _on_host(aval) -> bool:
+  space = getattr(aval, "memory_space", None)
+  return space is not None and "host" in str(space).lower()
+
+
+def residuals_of(fn, args, kinds, peers: int = 1) -> Residuals:
+  """Residuals of `jax.vjp(fn, *args)`, classified by the dependence of each on the argument
+  groups: `kinds[i]` (an int, or a pytree of ints matching `args[i]`) flags `args[i]` with
+  _ACT, _WEIGHT or _CONST, or-ed with _PEERS where the value carries a vmapped axis of `peers`
+  devices (such residuals count 1/peers per device)."""
+  closed = jax.make_jaxpr(lambda *a: jax.vjp(fn, *a)[1])(*args)
+  jaxpr = closed.jaxpr
+  flags: dict = {}
+  invars = iter(jaxpr.invars)
+  for arg, kind in zip(args, kinds):
+    leaves = jax.tree.leaves(arg)
+    kind_leaves = [kind] * len(leaves) if isinstance(kind, int) else jax.tree.leaves(kind)
+    for k in kind_leaves:
+      flags[next(invars)] = k
+  root: dict = {}  # a reshaped (or transposed) value is the same buffer to XLA
+  for eqn in jaxpr.eqns:
+    f = 0
+    for v in eqn.invars:
+      if not isinstance(v, Literal):
+        f |= flags.get(v, 0)
+    for v in eqn.outvars:
+      flags[v] = f
+    if eqn.primitive.name in _SAME_BUFFER and not isinstance(eqn.invars[0], Literal):
+      root[eqn.outvars[0]] = root.get(eqn.invars[0], eqn.invars[0])
+  inputs = set(jaxpr.invars)
+  totals = dict(activations=0, weights=0, invariant=0, offloaded=0)
+  seen = set()
+  for v in jaxpr.outvars:
+    if isinstance(v, Literal) or not hasattr(getattr(v, "aval", None), "shape"):
+      continue
+    v = root.get(v, v)
+    if v in seen:
+      continue
+    seen.add(v)
+    f = flags.get(v, 0)
+    size = _nbytes(v.aval) // (peers if f & _PEERS else 1)
+    if _on_host(v.aval):
+      totals["offloaded"] += size
+    elif v in inputs:
+      if f & _ACT:  # the layer input itself: the scan stacks one copy per layer
+        totals["activations"] += size
+    elif f & _ACT:
+      totals["activations"] += size
+    elif f & _WEIGHT:
+      totals["weights"] += size
+    elif f & _CONST:
+      totals["invariant"] += size
+    # else a constant (zeros, iota): XLA materialises it where it is used, not as a residual
+  return Residuals(**totals)
+
+
+def _checkpointed(fn, policy: str):
+  pol = remat_policy(policy)
+  return fn if pol is None else jax.checkpoint(fn, policy=pol, prevent_cse=False)
+
+
+def _is_expert_weight(path, _value) -> bool:
+  keys = [str(getattr(k, "key", k)) for k in path]
+  return len(keys) >= 2 and keys[-2] == "moe" and keys[-1] in _EXPERT_PARAMS
+
+
+def _layer_program(cfg: ModelConfig, kind: LayerKind, policy: str, rows: int, seq: int, path: DispatchPath):
+  """(function, abstract arguments, their dependence flags, peers) of one step of the decoder's
+  layer scan on one device."""
+  block = nnx.eval_shape(lambda: Block(cfg, kind, rngs=nnx.Rngs(0)))
+  graphdef, experts, rest = nnx.split(block, _is_expert_weight, ...)
+  dtype = dtype_of(cfg.dtype)
+  P = path.peers if path.kind == "exchange" and kind.moe else 1
+
+  def layer(experts, rest, x, tables):  # one step of the decoder's layer scan (models/decoder.py)
+    cos, sin, seg, pos = tables
+    x = checkpoint_name(x, "layer_input")
+    with forced_dispatcher(path.dispatcher()):
+      y, aux, _ = nnx.merge(graphdef, experts, rest)(x, cos, sin, seg, pos, None)
+    losses = sum(jnp.sum(v) for k, v in aux.items() if k.endswith("loss"))
+    return y, losses
+
+  x = jax.ShapeDtypeStruct((rows, seq, cfg.hidden_size), dtype)
+  ids = jax.ShapeDtypeStruct((rows, seq), jnp.int32)
+  cos, sin = jax.eval_shape(lambda p: rope_tables(p, cfg, cfg.rope_dim), ids)
+  tables = (cos, sin, ids, ids)
+  fn = _checkpointed(layer, policy)
+  if P == 1:
+    return fn, (experts, rest, x, tables), (_WEIGHT, _WEIGHT, _ACT, _CONST), 1
+  # One device of P: its share of the experts, its own tokens; the exchange's collectives run
+  # over the vmapped axis "peers".
+  lead = lambda a: jax.ShapeDtypeStruct((P, a.shape[0] // P) + a.shape[1:], a.dtype)  # noqa: E731
+  batched = lambda a: jax.ShapeDtypeStruct((P,) + a.shape, a.dtype)  # noqa: E731
+  fn = jax.vmap(fn, in_axes=(0, None, 0, 0), axis_name="peers", axis_size=P)
+  return (fn, (jax.tree.map(lead, experts), rest, batched(x), jax.tree.map(batched, tables)),
+          (_WEIGHT | _PEERS, _WEIGHT, _ACT | _PEERS, _CONST | _PEERS), P)
+
+
+@functools.lru_cache(maxsize=1024)
+def block_residuals(cfg: ModelConfig, kind: LayerKind, policy: str, rows: int, seq: int,
+                    path: DispatchPath = DispatchPath("blocks")) -> Residuals:
+  """Residuals of one layer of `kind` (the real Block) under remat `policy`, for a micro-batch
+  of `rows` x `seq` tokens on one device (`cfg` at one device's widths, all experts), its MoE
+  running the routed experts as `path` does."""
+  fn, args, kinds, P = _layer_program(cfg, kind, policy, rows, seq, path)
+  return residuals_of(fn, args, kinds, peers=P)
+
+
+@functools.lru_cache(maxsize=1024)
+def block_peak(cfg: ModelConfig, kind: LayerKind, policy: str, rows: int, seq: int,
+               path: DispatchPath = DispatchPath("blocks")) -> int:
+  """Peak bytes live while one layer runs forward and backward on one device (plan/liveness.py):
+  its saved residuals plus its backward's working set, unsharded weight gradients included."""
+  fn, args, _, P = _layer_program(cfg, kind, policy, rows, seq, path)
+  def forward_backward(*a):
+    out, vjp = jax.vjp(fn, *a)
+    return vjp(jax.tree.map(jnp.ones_like, out))
+
+  closed = jax.make_jaxpr(forward_backward)(*args)
+  return peak_bytes(closed.jaxpr, lambda v: P)
+
+
+REFERENCE_TOKENS = 4096  # where `layer_memory` traces when it scales
+
+
+@functools.lru_cache(maxsize=256)
+def _layer_weight_bytes(cfg: ModelConfig, kind: LayerKind, path: DispatchPath) -> int:
+  """Bytes of one layer's weights at one device's widths (their gradients do not grow with
+  tokens)."""
+  block = nnx.eval_shape(lambda: Block(cfg, kind, rngs=nnx.Rngs(0)))
+  P = path.peers if path.kind == "exchange" and kind.moe else 1
+  total = 0
+  for path_, leaf in jax.tree_util.tree_flatten_with_path(nnx.state(block))[0]:
+    size = _nbytes(leaf)
+    total += size // P if _is_expert_weight(path_, leaf) else size
+  return total
+
+
+def layer_memory(cfg: ModelConfig, kind: LayerKind, policy: str, rows: int, seq: int, path: DispatchPath, *,
+                 exact: bool = True) -> tuple[Residuals, int]:
+  """(`block_residuals`, `block_peak`) of one layer. With `exact=False` both are scaled in the
+  token count from one trace of a row of REFERENCE_TOKENS (activations, dispatch buffers and
+  blockwise attention grow linearly with tokens; weight-derived residuals and the weights'
+  gradients do not), so a search over meshes and micro-batch splits traces each layer once
+  instead of once per shape. Attention with the XLA reference kernel (memory quadratic in the
+  sequence) is always traced exactly."""
+  if exact or cfg.attention_impl == "xla":
+    return (block_residuals(cfg, kind, policy, rows, seq, path), block_peak(cfg, kind, policy, rows, seq, path))
+  scale = rows * seq / REFERENCE_TOKENS
+  ref = block_residuals(cfg, kind, policy, 1, REFERENCE_TOKENS, path)
+  res = Residuals(activations=int(ref.activations * scale), weights=ref.weights,
+                  invariant=int(ref.invariant * scale), offloaded=int(ref.offloaded * scale))
+  fixed = _layer_weight_bytes(cfg, kind, path)
+  peak = block_peak(cfg, kind, policy, 1, REFERENCE_TOKENS, path)
+  return res, int(fixed + max(peak - fixed, 0) * scale)
+
+
+__all__ = ["DispatchPath", "REFERENCE_TOKENS", "Residuals", "block_peak", "block_residuals", "layer_memory",
+           "residuals_of"]

@@ -1,0 +1,185 @@
+"""Per-device memory of one train step, predicted before anything is compiled.
+
+    peak = state + max(backward, optimizer)
+    state     = parameters + optimizer state + the batch          (exact, from the shardings)
+    backward  = gradients + saved activations of every layer
+                + max(one layer's backward working set, the loss's working set) + invariants
+    optimizer = gradients + the update's temporaries
+
+The saved activations are what JAX's autodiff keeps per layer under the remat policy
+(plan/activations.py traces the real layer at one device's shapes). A layer's backward working
+set is what recomputing it (remat) re-creates, the gradient buffers of its activations, its
+MoE dispatch buffers at the worst routing, and its weights and their gradients gathered
+unsharded (fsdp). The loss works on one vocabulary chunk of fp32 logits at a time.
+
+The two constants below are the only fitted numbers: how much of a layer's forward residuals
+its backward holds at once besides them, and the update's temporaries in units of the
+gradients. They were fitted on XLA:CPU (experiments/validate_plan.py, whose table in
+experiments/RESULTS.md shows the fit across dense, MoE, MLA and GPT-OSS-style models, every remat
+policy and 8-device meshes); XLA:GPU schedules differently, which the GPU check measures.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from jaxtrain.models import factory
+from jaxtrain.models.config import LayerKind
+from jaxtrain.plan import activations as acts
+from jaxtrain.plan.state import StateBytes, compute_itemsize, state_bytes
+from jaxtrain.plan.workload import Candidate, Local, Workload, local_share, traced_model
+
+BACKWARD_TEMPS = 1.0  # XLA's peak inside one layer's forward+backward over the program-order estimate
+UPDATE_TEMPS = 1.0  # AdamW's update: temporaries worth this many gradients
+LOGITS_COPIES = 4  # fp32 [tokens, chunk] buffers alive in the loss backward (logits, probs, their gradient)
+
+
+@dataclasses.dataclass(frozen=True)
+class Memory:
+  """Bytes per device. `total` is the predicted peak."""
+  params: int
+  grads: int
+  opt_state: int
+  batch: int
+  saved: int  # activations kept for the backward pass, all layers
+  saved_per_layer: tuple[tuple[str, int], ...]  # (layer kind, bytes) for each distinct kind
+  layer_work: int  # the largest layer's backward working set (incl. dispatch buffers, gathered weights)
+  moe_dispatch: int  # one MoE layer's routed-expert buffers at the worst routing (part of layer_work)
+  gathered_weights: int  # one layer's weights + gradients gathered unsharded (part of layer_work)
+  loss: int  # the chunked loss's working set
+  invariant: int  # loop-invariant residuals, rotary tables, embeddings' activations
+  update: int  # the optimizer update's temporaries
+  host: int  # activations offloaded to host memory (offload policies)
+  local_tokens: int  # tokens per device per micro-batch
+  gathered_per_pass: int  # weight bytes (param dtype) gathered over fsdp per forward pass
+
+  @property
+  def state(self) -> int:
+    return self.params + self.opt_state + self.batch
+
+  @property
+  def backward(self) -> int:
+    return self.grads + self.saved + max(self.layer_work, self.loss) + self.invariant
+
+  @property
+  def optimizer(self) -> int:
+    return self.grads + self.update
+
+  @property
+  def activations(self) -> int:
+    return self.backward - self.grads
+
+  @property
+  def total(self) -> int:
+    return self.state + max(self.backward, self.optimizer)
+
+  def as_dict(self) -> dict:
+    out = dataclasses.asdict(self)
+    out.update(state=self.state, backward=self.backward, optimizer=self.optimizer, total=self.total)
+    out["saved_per_layer"] = dict(self.saved_per_layer)
+    return out
+
+
+def _kind_name(kind: LayerKind) -> str:
+  return ("moe" if kind.moe else "dense") + (f"/window {kind.sliding_window}" if kind.sliding_window else "")
+
+
+def dispatch_path(workload: Workload, candidate: Candidate, gmm: str) -> acts.DispatchPath:
+  """The routed-expert path one device runs (parallel/moe/select.py decides the same way)."""
+  mesh = candidate.mesh
+  if mesh.size == 1 and workload.expert_exchange == "auto":
+    return acts.DispatchPath("blocks" if gmm == "blocked" else "sorted")
+  if mesh["expert"] > 1:
+    return acts.DispatchPath("exchange", mesh["expert"])
+  return acts.DispatchPath("sorted")
+
+
+def dispatch_rows(cfg, path: acts.DispatchPath, tokens: int) -> int:
+  """Rows of the routed experts' buffers at the worst routing (every copy to one peer)."""
+  K, X = cfg.num_experts_per_tok, cfg.num_experts
+  if path.kind == "exchange":
+    return path.peers * tokens * min(K, max(X // path.peers, 1))
+  if path.kind == "blocks":
+    from jaxtrain.kernels.gmm_blocked import default_block_rows
+    rows = default_block_rows(tokens * K, X)
+    return (-(-tokens * K // rows) + X) * rows
+  return tokens * K
+
+
+def predict(workload: Workload, candidate: Candidate, platform: str, *, abstract_params=None,
+            exact: bool = True) -> Memory:
+  """The predicted per-device memory of `candidate` running `workload` on `platform`. With
+  `exact=False` the layers' figures are interpolated in the token count (the planner's search;
+  see activations.layer_memory)."""
+  cfg = traced_model(workload, platform, candidate.remat)
+  if abstract_params is None:
+    abstract_params = factory.abstract_model(cfg)[1]
+  stages = cfg.stages()
+  state: StateBytes = state_bytes(abstract_params, candidate.mesh, tuple(r for _, r in stages))
+  local = local_share(workload, candidate, platform)
+  s = compute_itemsize(cfg)
+  path = dispatch_path(workload, candidate, "blocked" if platform == "cpu" else "xla")
+  host_is_device = platform == "cpu"  # no separate host memory: offloaded residuals stay in RAM
+
+  saved = invariant = host = 0
+  per_kind: dict[str, int] = {}
+  work = dispatch = gathered_max = 0
+  fsdp = candidate.mesh["fsdp"] * candidate.mesh["data"]
+  for index, (unit, repeats) in enumerate(stages):
+    for kind in unit:
+      res, peak = acts.layer_memory(local.model, kind, candidate.remat, local.rows, local.seq, path, exact=exact)
+      per_layer = res.activations + res.weights // fsdp + (res.offloaded if host_is_device else 0)
+      saved += repeats * per_layer
+      host += 0 if host_is_device else repeats * res.offloaded
+      invariant += res.invariant
+      per_kind[_kind_name(kind)] = per_layer
+      # The layer's forward + backward run alone: its residuals, then its backward's working
+      # set with its weight gradients unsharded. Those land in the gradients' buffer directly
+      # when nothing shards them over fsdp; otherwise they are reduce-scattered from a
+      # temporary, and the forward gathers the weights in the compute dtype.
+      layer_params = state.layer_gathered.get(index, 0) // len(unit)
+      gathered = layer_params * s // 4 if fsdp > 1 else -layer_params
+      layer_work = max(int(BACKWARD_TEMPS * peak) - res.device, 0) + gathered
+      if layer_work > work:
+        work, gathered_max = layer_work, max(gathered, 0)
+      if kind.moe:
+        dispatch = max(dispatch, dispatch_rows(cfg, path, local.tokens) * (cfg.hidden_size + 3 * (
+            local.model.moe_intermediate_size)) * s)
+
+  V, E = cfg.vocab_size, cfg.hidden_size
+  chunk = min(candidate.vocab_chunk, V)
+  tp = candidate.mesh["tensor"]
+  width = chunk // tp if V % tp == 0 else chunk  # the LM head's vocabulary is split over tensor
+  # The loss keeps the final hidden states and, per vocabulary chunk, its running statistics
+  # (3 fp32 numbers per token); its backward holds LOGITS_COPIES [tokens, chunk] fp32 buffers.
+  n_chunks = -(-V // chunk)
+  loss = local.tokens * E * s + n_chunks * 3 * local.tokens * 4 + LOGITS_COPIES * local.tokens * width * 4
+  # The embeddings' activations: the embedded tokens and the final hidden states (and their
+  # gradients), the rotary tables; the embedding and LM head gathered over fsdp.
+  embed = 4 * local.tokens * E * s + 2 * local.tokens * cfg.rope_dim * 4
+  embed += state.embed_gathered * s // 4 if fsdp > 1 else 0
+  batch = 5 * local.tokens * 4
+  return Memory(params=state.params, grads=state.grads, opt_state=state.opt_state, batch=batch, saved=saved,
+                saved_per_layer=tuple(per_kind.items()), layer_work=work, moe_dispatch=dispatch,
+                gathered_weights=gathered_max, loss=loss, invariant=invariant + embed,
+                update=int(UPDATE_TEMPS * state.grads), host=host, local_tokens=local.tokens,
+                gathered_per_pass=gathered_per_pass(state, stages) if fsdp > 1 else 0)
+
+
+def gathered_per_pass(state: StateBytes, stages) -> int:
+  return state.embed_gathered + sum(state.layer_gathered.get(i, 0) * repeats for i, (_, repeats) in enumerate(stages))
+
+
+def format_memory(m: Memory) -> str:
+  parts = [("params", m.params), ("grads", m.grads), ("optimizer", m.opt_state), ("saved activations", m.saved),
+           ("layer backward", m.layer_work), ("loss", m.loss), ("other", m.invariant + m.batch)]
+  text = ", ".join(f"{name} {gib(v)}" for name, v in parts)
+  if m.host:
+    text += f"; offloaded to host {gib(m.host)}"
+  return f"{gib(m.total)} per device ({text})"
+
+
+def gib(n: float) -> str:
+  return f"{n / 2**30:.2f} GiB" if abs(n) >= 2**27 else f"{n / 2**20:.1f} MiB"
+
+
+__all__ = ["Memory", "dispatch_path", "format_memory", "gib", "predict"]
