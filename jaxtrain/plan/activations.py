@@ -1,8 +1,9 @@
-"""Activation memory of one decoder layer, read off JAX's own autodiff: the real `Block`, with
-the remat policy the decoder applies, is traced at one device's shapes, and the residuals its
-VJP keeps are the activations the scanned forward pass stacks for the backward pass. Nothing is
-compiled or allocated, so this works at any size and for any architecture the model code can
-express (a new block option, LoRA, FP8, a vision tower: whatever autodiff keeps is counted).
+"""Activation memory of one decoder layer, from the real `Block` with the remat policy the
+decoder applies, at one device's shapes: the residuals its VJP keeps (JAX's own autodiff,
+traced: the activations the scanned forward pass stacks for the backward pass) and the peak of
+its forward + backward pass (the layer alone compiled by XLA for this host; nothing runs or is
+allocated). This works at any size and for any architecture the model code can express (a new
+block option, LoRA, FP8, a vision tower: whatever autodiff keeps and XLA allocates is counted).
 
 Residuals are classified by what they depend on: the layer input (activations: one copy per
 layer), only the weights (e.g. bf16 copies of fp32 weights: per layer, sharded like the
@@ -36,7 +37,6 @@ from jaxtrain.models.decoder import Block, remat_policy
 from jaxtrain.models.layers import dtype_of
 from jaxtrain.models.rope import rope_tables
 from jaxtrain.parallel.moe import LocalBlocks, LocalSorted, PaddedAllToAll, forced_dispatcher
-from jaxtrain.plan.liveness import peak_bytes
 
 # Dependence flags of traced values.
 _ACT, _WEIGHT, _CONST, _PEERS = 1, 2, 4, 8  # _PEERS: carries the vmapped peer axis
@@ -186,15 +186,20 @@ def block_residuals(cfg: ModelConfig, kind: LayerKind, policy: str, rows: int, s
 @functools.lru_cache(maxsize=1024)
 def block_peak(cfg: ModelConfig, kind: LayerKind, policy: str, rows: int, seq: int,
                path: DispatchPath = DispatchPath("blocks")) -> int:
-  """Peak bytes live while one layer runs forward and backward on one device (plan/liveness.py):
-  its saved residuals plus its backward's working set, unsharded weight gradients included."""
+  """Peak bytes above its inputs while one layer runs forward and backward on one device: its
+  residuals, its backward's working set (recomputation, gradient temporaries, MoE dispatch
+  buffers) and its weights' gradients, unsharded. XLA itself says: the layer's program is
+  compiled for this host's backend (nothing runs, nothing is allocated) and its buffer
+  assignment read (`memory_analysis()`: temporaries + outputs); a vmapped exchange counts one
+  peer's share."""
   fn, args, _, P = _layer_program(cfg, kind, policy, rows, seq, path)
+
   def forward_backward(*a):
     out, vjp = jax.vjp(fn, *a)
     return vjp(jax.tree.map(jnp.ones_like, out))
 
-  closed = jax.make_jaxpr(forward_backward)(*args)
-  return peak_bytes(closed.jaxpr, lambda v: P)
+  stats = jax.jit(forward_backward).lower(*args).compile().memory_analysis()
+  return (int(stats.temp_size_in_bytes) + int(stats.output_size_in_bytes)) // P
 
 
 REFERENCE_TOKENS = 4096  # where `layer_memory` traces when it scales

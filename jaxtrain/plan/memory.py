@@ -28,7 +28,7 @@ from jaxtrain.plan import activations as acts
 from jaxtrain.plan.state import StateBytes, compute_itemsize, state_bytes
 from jaxtrain.plan.workload import Candidate, Local, Workload, local_share, traced_model
 
-BACKWARD_TEMPS = 1.0  # XLA's peak inside one layer's forward+backward over the program-order estimate
+BACKWARD_TEMPS = 1.0  # scales the layer's compiled forward+backward peak (see the module docstring)
 UPDATE_TEMPS = 1.0  # AdamW's update: temporaries worth this many gradients
 LOGITS_COPIES = 4  # fp32 [tokens, chunk] buffers alive in the loss backward (logits, probs, their gradient)
 
@@ -175,7 +175,7 @@ def format_memory(m: Memory) -> str:
   text = ", ".join(f"{name} {gib(v)}" for name, v in parts)
   if m.host:
     text += f"; offloaded to host {gib(m.host)}"
-  return f"{gib(m.total)} per device ({text})"
+  return f"{gib(m.total)} ({text})"
 
 
 def gib(n: float) -> str:

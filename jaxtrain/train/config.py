@@ -25,6 +25,7 @@ def defaults() -> ConfigDict:
       "clip_norm": 1.0,  # global-norm clipping; 0 disables
       "loss_vocab_chunk": 8192,  # vocab columns per cross-entropy chunk (bounds the [tokens, vocab] logits)
       "check_memory": True,  # refuse, before compiling, a config the planner predicts cannot fit
+      "device_memory_gib": 0.0,  # memory per device the planner plans with (0 = what the device has)
       "log_every": 10,
       "progress": True,  # progress bar on the terminal
       "max_compile_seconds_warning": 600.0,
@@ -70,6 +71,7 @@ def validate(config: ConfigDict) -> None:
   require(t.lr > 0, "train.lr", f"must be > 0, got {t.lr}")
   require(0 <= t.min_lr_ratio <= 1, "train.min_lr_ratio", f"must be in [0, 1], got {t.min_lr_ratio}")
   require(t.loss_vocab_chunk >= 1, "train.loss_vocab_chunk", "must be >= 1")
+  require(t.device_memory_gib >= 0, "train.device_memory_gib", f"must be >= 0, got {t.device_memory_gib}")
   require(t.log_every >= 1, "train.log_every", "must be >= 1")
   require(config.checkpoint.every >= 0, "checkpoint.every", "must be >= 0")
   require(config.checkpoint.keep >= 1, "checkpoint.keep", "must be >= 1")

@@ -11,11 +11,13 @@ specified config fits) before the mesh is built, and the step's measured peak go
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import jax
 
 from jaxtrain.plan import check_fits, has_auto, resolve_auto
+from jaxtrain.plan.hardware import GiB, local_device
 from jaxtrain.plan.memory import Memory, format_memory
 from jaxtrain.train.compiled import device_peak_bytes, step_memory
 
@@ -25,15 +27,18 @@ log = logging.getLogger("jaxtrain")
 def plan_run(config):
   """(config with every "auto" resolved, the predicted memory or None)."""
   devices = jax.device_count()
+  device = local_device(devices)
+  if config.train.device_memory_gib:
+    device = dataclasses.replace(device, memory=config.train.device_memory_gib * GiB)
   if has_auto(config):
-    config, plan = resolve_auto(config, devices)
+    config, plan = resolve_auto(config, devices, device)
     predicted = plan.best.memory
   elif config.train.check_memory:
-    predicted = check_fits(config, devices)
+    predicted = check_fits(config, devices, device)
   else:
     return config, None
   if jax.process_index() == 0:
-    log.info("memory per device (predicted): %s", format_memory(predicted))
+    log.info("memory per device, predicted: %s", format_memory(predicted))
   return config, predicted
 
 
