@@ -33,7 +33,8 @@ from jaxtrain.converters.load import (
   progress_bar,
   split_variables,
 )
-from jaxtrain.converters.safetensors_io import OutTensor, numpy_dtype, parse_size, write_sharded
+from jaxtrain.converters.safetensors_io import numpy_dtype
+from jaxtrain.converters.safetensors_write import OutTensor, parse_size, write_sharded
 from jaxtrain.converters.signature import signature_diff
 from ml_collections import ConfigDict
 
