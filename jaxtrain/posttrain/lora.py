@@ -33,7 +33,9 @@ class Site:
   weight: str
   n_in: int  # leading input dims of the weight (after the layer axis and, for experts, the expert axis)
   fused: bool = False  # dense gate_up [E, 2, I]: one adapter per fused projection
-  experts: bool = False  # leading expert axis; B of gate_up covers the fused [2, I] output
+  # leading expert axis; gate_up's adapter covers the fused [2, I] output (one A shared by gate
+  # and up), as PEFT's `target_parameters` adapter of transformers' fused `gate_up_proj` does
+  experts: bool = False
 
 
 def parse_targets(text: str) -> tuple[str, ...]:
