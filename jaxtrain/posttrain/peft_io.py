@@ -206,3 +206,67 @@ def read_adapter(path: str, abstract_adapters: nnx.State, model_cfg, adapter_obj
   for slot in slots(model_cfg, {p: v.shape for p, v in zeros.items()}):
     _import(slot, zeros[slot.path], loaded[slot.key].astype(np.float32))
   return zeros
+
+
+# -- run checkpoints -------------------------------------------------------------------------
+
+def _run_setup(ckpt: str, step):
+  """(checkpoint dir, step, saved run config, ModelConfig, Adapters) of a LoRA run's checkpoint."""
+  from jaxtrain.converters.load import checkpoint_model_section
+  from jaxtrain.models.config import ModelConfig
+  from jaxtrain.posttrain.lora import Adapters
+  directory, step, section, saved = checkpoint_model_section(ckpt, step)
+  lora_section = saved.get("lora") or {}
+  if not lora_section.get("rank"):
+    raise ConversionError(f"{ckpt}: this run trained no LoRA adapters (lora.rank=0); export it without --adapter "
+                          "or --merge")
+  model_cfg = ModelConfig.from_config({k: v for k, v in section.items() if k != "init_from"})
+  adapters = Adapters.from_config(_Section(lora_section), model_cfg)
+  return directory, step, saved, model_cfg, adapters
+
+
+class _Section(dict):
+  __getattr__ = dict.__getitem__
+
+
+def load_run_adapters(ckpt: str, step=None):
+  """(adapters nnx.State, ModelConfig, Adapters, saved config) from a LoRA run's checkpoint."""
+  import jax
+  from jaxtrain import checkpoint
+  directory, step, saved, model_cfg, adapters = _run_setup(ckpt, step)
+  _, abstract = adapters.abstract(int(saved.get("seed", 0)))
+  target = jax.tree.map(lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype), abstract)
+  restored = checkpoint.restore_params(directory, step, {"params": target})
+  return restored["params"], model_cfg, adapters, saved
+
+
+def export_adapter(ckpt: str, out: str, *, step=None, dtype: str = "float32", force: bool = False) -> str:
+  """`export-hf --adapter`: a LoRA run's adapters -> a PEFT adapter directory."""
+  from jaxtrain.converters.export import prepare_out_dir
+  state, model_cfg, adapters, saved = load_run_adapters(ckpt, step)
+  tensors, config = to_peft(state, model_cfg, adapters)
+  config["base_model_name_or_path"] = (saved.get("model") or {}).get("init_from") or None
+  prepare_out_dir(out, force, outputs=(ADAPTER_CONFIG, ADAPTER_WEIGHTS))
+  return write_adapter(out, tensors, config, dtype=dtype)
+
+
+def export_merged(ckpt: str, out: str, *, step=None, dtype: str = "float32", force: bool = False,
+                  max_shard_size="5GB", progress=None) -> str:
+  """`export-hf --merge`: the run's base (model.init_from, or its seed's random weights) with the
+  adapters folded in, as a Hugging Face directory. Under QLoRA the adapters are folded into the
+  full-precision base they were trained over the dequantized copy of."""
+  import jax
+  from jaxtrain.converters.export import _saved_hf_base, save_hf
+  from jaxtrain.converters.load import load_params
+  from jaxtrain.models import factory
+  state, model_cfg, adapters, saved = load_run_adapters(ckpt, step)
+  init_from = (saved.get("model") or {}).get("init_from")
+  if init_from:
+    base = load_params(init_from, model_cfg, progress=progress)
+  else:
+    seed = int(saved.get("seed", 0))
+    base = jax.jit(lambda: nnx.state(factory.create(model_cfg, seed), nnx.Param))()
+  from jaxtrain.posttrain.lora import merge
+  base_cfg, files = _saved_hf_base(saved)
+  return save_hf(merge(base, state, adapters.scale), model_cfg, out, dtype=dtype, base_config=base_cfg,
+                 copy_files_from=files, max_shard_size=max_shard_size, force=force, progress=progress)

@@ -16,6 +16,7 @@ import dataclasses
 from typing import Any
 
 import jax
+from flax import nnx
 
 from jaxtrain.models import factory
 from jaxtrain.parallel import rules
@@ -47,6 +48,14 @@ class Plan:
       return base, copy(base)
     frozen = base if self.quantizer is None else self.quantizer.quantize(base, self.frozen_sharding)
     return self.adapters.init(self.seed, self.params_sharding), frozen
+
+  def import_adapters(self, path: str, model_cfg):
+    """`lora.init_from`: the adapters of a PEFT adapter directory, in their shardings."""
+    from jaxtrain.posttrain import peft_io
+    values = peft_io.read_adapter(path, self.abstract_params, model_cfg, self.adapters)
+    state = nnx.from_flat_state([(p, v.replace(values[p].astype(v.get_value().dtype)))
+                                 for p, v in nnx.to_flat_state(self.abstract_params)])
+    return jax.device_put(state, self.params_sharding)
 
   def frozen_only(self, base):
     return self.split(base)[1] if self.adapters is None else (

@@ -104,7 +104,7 @@ class Trainer:
     base, model_state = self._base_params()
     params, frozen = self.plan.split(base)
     if self.config.lora.init_from:
-      params = self.plan.import_adapters(self.config.lora.init_from)
+      params = self.plan.import_adapters(self.config.lora.init_from, self.model_cfg)
     return params, frozen, model_state
 
   def _restore_or_init(self):
