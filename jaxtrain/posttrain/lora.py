@@ -120,9 +120,9 @@ class Adapters:
       a_shape, a_axes = (*in_dims, r), (*axes[:site.n_in], RANK)
       b_shape, b_axes = (r, *out_dims), (RANK, *axes[site.n_in:])
     bound = 1.0 / math.sqrt(math.prod(in_dims))
-    dtype = w.get_value().dtype
-    a = jax.random.uniform(key, lead + a_shape, jnp.float32, -bound, bound).astype(dtype)
-    b = jnp.zeros(lead + b_shape, dtype)
+    # fp32 masters whatever the base's dtype: the adapters are what trains
+    a = jax.random.uniform(key, lead + a_shape, jnp.float32, -bound, bound)
+    b = jnp.zeros(lead + b_shape, jnp.float32)
     return LoRA(LoRAParam(a, logical_axes=a_axes), LoRAParam(b, logical_axes=b_axes), scale=self.scale,
                 n_in=site.n_in, fused=site.fused, experts=site.experts)
 

@@ -115,13 +115,17 @@ class Quantizer:
 
     return _map_params(one, abstract_base)
 
+  def _quantize_tree(self, params):
+    return _map_params(lambda path, var: (var.replace(quantize(var.get_value(), self.kind, b))
+                                          if (b := self._block(path, var.get_value().shape)) else var), params)
+
   def quantize(self, base, shardings):
     """Full-precision base (donated) -> the frozen base with its projections quantized."""
-    def q(params):
-      return _map_params(lambda path, var: (var.replace(quantize(var.get_value(), self.kind, b))
-                                            if (b := self._block(path, var.get_value().shape)) else var), params)
+    return jax.jit(self._quantize_tree, out_shardings=shardings, donate_argnums=0)(base)
 
-    return jax.jit(q, out_shardings=shardings, donate_argnums=0)(base)
+  def abstract(self, abstract_base):
+    """The quantized base's shapes and dtypes, without computing anything."""
+    return jax.eval_shape(self._quantize_tree, abstract_base)
 
 
 def _map_params(fn, state: nnx.State) -> nnx.State:
