@@ -199,6 +199,9 @@ def export_hf(ckpt: str, out: str, *, dtype: str | None = None, step: int | None
   if os.path.abspath(out) == os.path.abspath(ckpt):
     raise ConversionError(f"{out}: the output directory must differ from the checkpoint")
   _, step, section, saved = checkpoint_model_section(ckpt, step)
+  if (saved.get("lora") or {}).get("rank"):
+    raise ConversionError(f"{ckpt}: this run trained LoRA adapters (its checkpoints hold only them): pass --adapter "
+                          "for a PEFT adapter directory or --merge for full weights with the adapters merged")
   section = {k: v for k, v in section.items() if k != "init_from"}
   model_cfg = ModelConfig.from_config(section)
   dtype = dtype or "float32"

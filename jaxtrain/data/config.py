@@ -14,7 +14,7 @@ from jaxtrain.config import require
 # Where documents come from.
 KINDS = ("python_stdlib", "text", "jsonl", "parquet", "arrow", "tokens")
 # How a record becomes tokens and a loss mask.
-FORMATS = ("text", "chat", "prompt_completion", "alpaca")
+FORMATS = ("text", "chat", "prompt_completion", "alpaca", "preference")
 HOLDOUTS = ("hash", "none", "all")
 TEXT_UNITS = ("file", "line")
 PACKINGS = ("first_fit", "best_fit", "none")
@@ -35,7 +35,8 @@ def source_defaults() -> ConfigDict:
       # File, directory or glob; several separated by commas. "" for python_stdlib = this
       # interpreter's stdlib directory.
       "path": "",
-      "format": "text",  # text | chat | prompt_completion | alpaca (tokens: text only)
+      # text | chat | prompt_completion | alpaca | preference (train.method=dpo; tokens: text only)
+      "format": "text",
       "weight": 1.0,  # mixing weight against the other sources (training split)
       # Held-out documents: hash = a deterministic data.eval_fraction of documents (by a hash of
       # file name and record index); none = all train; all = this source is eval-only.
@@ -51,6 +52,12 @@ def source_defaults() -> ConfigDict:
       "instruction_field": "instruction",
       "input_field": "input",
       "output_field": "output",
+      # format=preference: {prompt, chosen, rejected} as strings or chat-message lists (TRL's
+      # standard and conversational formats), optional precomputed reference log-probs.
+      "chosen_field": "chosen",
+      "rejected_field": "rejected",
+      "ref_chosen_field": "ref_chosen_logps",
+      "ref_rejected_field": "ref_rejected_logps",
       "hf_split": "train",  # kind=arrow: split directory of a saved DatasetDict
       "token_dtype": "int32",  # kind=tokens, raw .bin files only (.npy carry their dtype)
   })

@@ -79,8 +79,10 @@ def _close_live_iterators() -> None:
 class DataIterator:
   """Contract batches of one process, with counters and exact resume."""
 
-  def __init__(self, iterator, fingerprint: dict, index_stats: dict, info: dict):
+  def __init__(self, iterator, fingerprint: dict, index_stats: dict, info: dict,
+               keys: tuple[str, ...] = CONTRACT_KEYS):
     _LIVE.add(self)
+    self.keys = keys
     self._it = iterator
     self._fingerprint = fingerprint
     self._index_stats = index_stats
@@ -95,7 +97,7 @@ class DataIterator:
       raise ValueError("this data iterator is closed")
     batch = next(self._it)
     self._stats.add(batch.pop("_stats"))
-    return {k: np.array(batch[k], dtype=np.int32) for k in CONTRACT_KEYS}
+    return {k: np.array(batch[k], dtype=np.int32) if k in CONTRACT_KEYS else np.array(batch[k]) for k in self.keys}
 
   def get_state(self) -> dict:
     return {"version": STATE_VERSION, "fingerprint": copy.deepcopy(self._fingerprint),

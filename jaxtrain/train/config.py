@@ -5,12 +5,16 @@ from __future__ import annotations
 from ml_collections import ConfigDict
 
 from jaxtrain.config import require
+from jaxtrain.posttrain.methods import OBJECTIVES
 
 SCHEDULES = ("cosine", "linear", "constant")
 
 
 def defaults() -> ConfigDict:
   return ConfigDict({
+      # What the run optimises (jaxtrain/posttrain/methods.py): sft = next-token cross-entropy;
+      # dpo = a pairwise preference loss (the `preference` section) on {prompt, chosen, rejected}.
+      "method": "sft",
       "steps": 1000,
       "global_batch": 8,  # sequences per optimizer step, over all devices and micro-batches
       "micro_batches": 1,  # gradient accumulation: global_batch is split into this many
@@ -60,6 +64,7 @@ def sample_defaults() -> ConfigDict:
 
 def validate(config: ConfigDict) -> None:
   t = config.train
+  require(t.method in OBJECTIVES, "train.method", f"{t.method!r} is not one of {tuple(OBJECTIVES)}")
   require(t.steps >= 0, "train.steps", f"must be >= 0, got {t.steps}")
   require(t.global_batch >= 1, "train.global_batch", f"must be >= 1, got {t.global_batch}")
   require(t.micro_batches >= 1 and t.global_batch % t.micro_batches == 0, "train.micro_batches",

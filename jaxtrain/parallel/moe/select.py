@@ -68,7 +68,8 @@ def resolve_exchange(exchange: str, backend: str | None = None) -> str:
   return exchange
 
 
-def select(exchange: str, impl: str, layout: Layout | None, *, backend: str | None = None) -> Dispatcher:
+def select(exchange: str, impl: str, layout: Layout | None, *, backend: str | None = None,
+           adapters: bool = False) -> Dispatcher:
   """The dispatcher for one MoE call.
 
   `layout` (sharded.layout) None: this device's view, where the grouped-matmul impl decides:
@@ -77,10 +78,12 @@ def select(exchange: str, impl: str, layout: Layout | None, *, backend: str | No
   Otherwise a shard_map (ExpertParallel) around LocalSorted when the experts are not split (or
   "auto" over a size-1 expert axis), else around the exchange `exchange` resolves to on
   `backend` (default: the running one); there the per-device compute is always the grouped
-  matmul (`impl` "blocked" = `gmm_blocked`). The gmm kernel resolves for the running backend."""
+  matmul (`impl` "blocked" = `gmm_blocked`). The gmm kernel resolves for the running backend.
+  Experts with LoRA adapters (`adapters`) always take the staged path: the adapters are extra
+  grouped matmuls of the expert compute, which the fused blocked FFN does not have."""
   check_exchange(exchange)
   if layout is None:
-    return LocalBlocks() if kernels.resolve("gmm", impl)[0] == "blocked" else LocalSorted()
+    return LocalBlocks() if kernels.resolve("gmm", impl)[0] == "blocked" and not adapters else LocalSorted()
   checked = col.checks_vma("gmm", impl)
   if not layout.ep_axes or (exchange == "auto" and layout.ep_size == 1):
     return ExpertParallel(LocalSorted(), layout, checked)
