@@ -42,36 +42,38 @@ def _triangle(x: np.ndarray) -> np.ndarray:
 _FILTERS = {BILINEAR: (_triangle, 2), BICUBIC: (_cubic, 4)}
 
 
-def _weights(in_size: int, out_size: int, resample: int) -> tuple[np.ndarray, int]:
-  """Dense [out, in] matrix of PyTorch's int16 antialiasing weights, and their precision."""
+def _weights(in_size: int, out_size: int, resample: int) -> tuple[np.ndarray, np.ndarray, int]:
+  """PyTorch's antialiasing taps: first input index [out], int16-valued weights [out, taps]
+  (zero past each output's support), and their precision in bits."""
   fn, interp_size = _FILTERS[resample]
   scale = in_size / out_size
   support = interp_size * 0.5 * scale if scale >= 1.0 else interp_size * 0.5
-  max_size = int(math.ceil(support)) * 2 + 1
+  taps = int(math.ceil(support)) * 2 + 1
   invscale = 1.0 / scale if scale >= 1.0 else 1.0
-  dense = np.zeros((out_size, in_size), np.float64)
-  for i in range(out_size):
-    center = scale * (i + 0.5)
-    lo = max(int(center - support + 0.5), 0)  # C++ casts truncate toward zero
-    size = min(max(min(int(center + support + 0.5), in_size) - lo, 0), max_size)
-    w = fn((np.arange(size) + lo - center + 0.5) * invscale)
-    total = w.sum()
-    if total != 0.0:
-      dense[i, lo:lo + size] = w / total
-  wt_max = dense.max()
+  center = scale * (np.arange(out_size) + 0.5)
+  lo = np.maximum(np.trunc(center - support + 0.5), 0).astype(np.int64)  # C++ casts truncate toward zero
+  size = np.clip(np.minimum(np.trunc(center + support + 0.5).astype(np.int64), in_size) - lo, 0, taps)
+  k = np.arange(taps)
+  w = np.where(k < size[:, None], fn((k + lo[:, None] - center[:, None] + 0.5) * invscale), 0.0)
+  total = w.sum(axis=1, keepdims=True)
+  w = np.divide(w, total, out=np.zeros_like(w), where=total != 0)
   precision = 0
-  while precision < 22 and int(0.5 + wt_max * (1 << (precision + 1))) < (1 << 15):
+  while precision < 22 and int(0.5 + w.max() * (1 << (precision + 1))) < (1 << 15):
     precision += 1
-  scaled = dense * (1 << precision)
-  ints = np.where(scaled < 0, np.trunc(scaled - 0.5), np.trunc(scaled + 0.5))
-  return ints, precision
+  scaled = w * (1 << precision)
+  ints = np.where(scaled < 0, np.trunc(scaled - 0.5), np.trunc(scaled + 0.5)).astype(np.int64)
+  return lo, ints, precision
 
 
 def _pass(x: np.ndarray, axis: int, out_size: int, resample: int) -> np.ndarray:
-  ints, precision = _weights(x.shape[axis], out_size, resample)
-  moved = np.moveaxis(x, axis, -1).astype(np.float64)  # integer sums stay exact in float64
-  acc = moved @ ints.T + (1 << (precision - 1))
-  out = np.clip(np.floor(acc / (1 << precision)), 0, 255).astype(np.uint8)
+  in_size = x.shape[axis]
+  lo, ints, precision = _weights(in_size, out_size, resample)
+  moved = np.moveaxis(x, axis, -1)
+  acc = np.full(moved.shape[:-1] + (out_size,), 1 << (precision - 1), np.int64)
+  for k in range(ints.shape[1]):
+    if ints[:, k].any():
+      acc += ints[:, k] * moved[..., np.minimum(lo + k, in_size - 1)].astype(np.int64)
+  out = np.clip(acc >> precision, 0, 255).astype(np.uint8)  # arithmetic shift: floor, as the kernel
   return np.moveaxis(out, -1, axis)
 
 

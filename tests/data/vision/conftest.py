@@ -108,7 +108,7 @@ def write_video(path: pathlib.Path, frames: int, height: int, width: int, fps: i
   with av.open(str(path), "w") as container:
     stream = container.add_stream(codec, rate=fps)
     stream.width, stream.height = width, height
-    stream.pix_fmt = "yuv420p" if codec in ("libx264", "mpeg4", "libvpx-vp9") else "rgb24"
+    stream.pix_fmt = "rgb24" if codec in ("png", "rawvideo") else "yuv420p"
     for t in range(frames):
       img = background.copy()
       x0 = (t * 7) % max(width - 16, 1)
