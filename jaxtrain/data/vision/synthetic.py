@@ -9,6 +9,8 @@ writes
     OUT/vision_chat/{train,heldout}.jsonl   messages with image / video content items
     OUT/llava/{train,heldout}.jsonl         the same samples, LLaVA layout (<image> / <video>)
     OUT/blank/{train,heldout}.jsonl         the same questions and answers over blank media
+    OUT/qwen3_vl/, OUT/internvl/     processor directories (processor_dirs.py) whose tokenizer
+                                     is trained on the dataset's text: data.tokenizer of tiny runs
     OUT/dataset.json                 what was generated (generation is skipped when it matches)
 Paths inside the JSONL files are relative to them. Every record also has `task` and `answer`
 fields, for scoring held-out answers. `ensure(OUT, ...)` does the same from Python (configs call
@@ -23,6 +25,8 @@ import os
 from typing import Any
 
 import numpy as np
+
+from jaxtrain.data.vision.processor_dirs import KINDS, corpus_from_jsonl, write_processor_dir
 
 COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (230, 200, 30),
            "purple": (140, 60, 180), "orange": (240, 130, 30)}
@@ -186,6 +190,9 @@ def ensure(out: str, **settings: Any) -> dict[str, str]:
         return {f"{layout}/{split}": os.path.join(out, layout, f"{split}.jsonl")
                 for layout in ("vision_chat", "llava", "blank") for split in ("train", "heldout")}
   paths = generate(out, **settings)
+  corpus = corpus_from_jsonl([paths["vision_chat/train"]])
+  for kind in KINDS:
+    write_processor_dir(os.path.join(out, kind), kind, corpus)
   with open(stamp, "w") as f:
     json.dump(want, f)
   return paths
@@ -208,6 +215,8 @@ def main(argv: list[str] | None = None) -> None:
   for key, path in sorted(paths.items()):
     with open(path) as f:
       print(f"{key}: {sum(1 for _ in f)} samples in {path}")
+  for kind in KINDS:
+    print(f"{kind} processor directory: {os.path.join(args.out, kind)}")
 
 
 if __name__ == "__main__":

@@ -134,6 +134,16 @@ def test_internvl_frame_sampling_matches_transformers():
   del torch
 
 
+def test_chat_templates_are_the_shipped_ones():
+  import hashlib
+  from jaxtrain.data.vision.processor_dirs import chat_template
+
+  # Qwen3-VL-*-Instruct's chat template, byte for byte (5,292 bytes).
+  digest = hashlib.sha256(chat_template("qwen3_vl").encode()).hexdigest()
+  assert digest == "3636d0f0bd6bef02654cdffdc447b79cb2cef8ab02cc75267345946291a489e4"
+  assert chat_template("internvl").startswith("{% for message in messages %}{{'<|im_start|>'")
+
+
 def test_container_without_frame_count(media_dir):
   info = media.probe_video(str(media_dir / "clip.mkv"))
   assert (info.total_frames, info.fps, info.height, info.width) == (12, 6.0, 48, 64)

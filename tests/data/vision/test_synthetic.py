@@ -83,8 +83,9 @@ def test_layouts_hold_the_same_samples(synth):
   assert not held & {json.dumps(r["messages"][0]["content"][0]) for r in _read(paths["vision_chat/train"])}
 
 
-def test_pipeline_reads_every_layout(synth, make_config, qwen_vl_dir):
-  _, paths = synth
+def test_pipeline_reads_every_layout(synth, make_config):
+  root, paths = synth
+  qwen_vl_dir = os.path.join(root, "qwen3_vl")  # the dataset's own processor directory
   sources = {"chat": {"kind": "jsonl", "path": paths["vision_chat/train"], "format": "vision_chat", "holdout": "all"},
              "llava": {"kind": "jsonl", "path": paths["llava/train"], "format": "llava", "holdout": "all"},
              "blank": {"kind": "jsonl", "path": paths["blank/train"], "format": "vision_chat", "holdout": "all"}}
