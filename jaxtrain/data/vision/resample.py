@@ -68,11 +68,14 @@ def _weights(in_size: int, out_size: int, resample: int) -> tuple[np.ndarray, np
 def _pass(x: np.ndarray, axis: int, out_size: int, resample: int) -> np.ndarray:
   in_size = x.shape[axis]
   lo, ints, precision = _weights(in_size, out_size, resample)
-  moved = np.moveaxis(x, axis, -1)
-  acc = np.full(moved.shape[:-1] + (out_size,), 1 << (precision - 1), np.int64)
+  # int32 sums cannot overflow: |weights| < 2**14 each, so a tap sum stays under taps * 2**22.
+  dtype = np.int32 if ints.shape[1] < 500 else np.int64
+  moved = np.moveaxis(x, axis, -1).astype(dtype)
+  ints = ints.astype(dtype)
+  acc = np.full(moved.shape[:-1] + (out_size,), 1 << (precision - 1), dtype)
   for k in range(ints.shape[1]):
     if ints[:, k].any():
-      acc += ints[:, k] * moved[..., np.minimum(lo + k, in_size - 1)].astype(np.int64)
+      acc += ints[:, k] * moved[..., np.minimum(lo + k, in_size - 1)]
   out = np.clip(acc >> precision, 0, 255).astype(np.uint8)  # arithmetic shift: floor, as the kernel
   return np.moveaxis(out, -1, axis)
 
