@@ -2,7 +2,7 @@
 processors on the same images, and jaxtrain's video path (PyAV decode + sampling + resize +
 patches) on its own.
 
-    python experiments/bench_vision.py [--repeats 5]
+    python experiments/bench_vision.py [--repeats 5] [--skip-transformers]
 
 Images: the synthetic dataset's 64x64 pictures (upscaled to Qwen3-VL's 65,536-pixel minimum),
 a 640x480 and a 1280x720 noise image. Times are the best of --repeats per image, on one thread
@@ -36,6 +36,7 @@ def _best(fn, repeats: int) -> float:
 def main() -> None:
   parser = argparse.ArgumentParser()
   parser.add_argument("--repeats", type=int, default=5)
+  parser.add_argument("--skip-transformers", action="store_true", help="time jaxtrain only (no transformers import)")
   args = parser.parse_args()
 
   from PIL import Image
@@ -51,6 +52,8 @@ def main() -> None:
             "1280x720": rng.integers(0, 256, (720, 1280, 3), dtype=np.uint8)}
   hf = {}
   try:
+    if args.skip_transformers:
+      raise ImportError
     from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import GotOcr2ImageProcessorPil
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
     hf = {"qwen3_vl": Qwen2VLImageProcessorPil, "internvl": GotOcr2ImageProcessorPil}
