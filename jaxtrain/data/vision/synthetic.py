@@ -181,21 +181,23 @@ def _write_blank_video(path: str, size: int, frames: int, fps: int) -> None:
 
 
 def ensure(out: str, **settings: Any) -> dict[str, str]:
-  """Generates the dataset in `out` unless it is already there with the same settings."""
+  """Generates the dataset in `out` unless it is already there with the same settings; returns
+  {"vision_chat/train": jsonl path, ..., "processor/qwen3_vl": directory, "processor/internvl": ...}."""
   stamp = os.path.join(out, "dataset.json")
   want = {"version": VERSION, **settings}
+  processors = {f"processor/{kind}": os.path.join(out, kind) for kind in KINDS}
   if os.path.exists(stamp):
     with open(stamp) as f:
       if json.load(f) == want:
-        return {f"{layout}/{split}": os.path.join(out, layout, f"{split}.jsonl")
-                for layout in ("vision_chat", "llava", "blank") for split in ("train", "heldout")}
+        return {**{f"{layout}/{split}": os.path.join(out, layout, f"{split}.jsonl")
+                   for layout in ("vision_chat", "llava", "blank") for split in ("train", "heldout")}, **processors}
   paths = generate(out, **settings)
   corpus = corpus_from_jsonl([paths["vision_chat/train"]])
   for kind in KINDS:
-    write_processor_dir(os.path.join(out, kind), kind, corpus)
+    write_processor_dir(processors[f"processor/{kind}"], kind, corpus)
   with open(stamp, "w") as f:
     json.dump(want, f)
-  return paths
+  return {**paths, **processors}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -213,10 +215,11 @@ def main(argv: list[str] | None = None) -> None:
   paths = ensure(args.out, train=args.train, heldout=args.heldout, seed=args.seed, size=args.size,
                  video_share=args.video_share)
   for key, path in sorted(paths.items()):
+    if key.startswith("processor/"):
+      print(f"{key}: {path}")
+      continue
     with open(path) as f:
       print(f"{key}: {sum(1 for _ in f)} samples in {path}")
-  for kind in KINDS:
-    print(f"{kind} processor directory: {os.path.join(args.out, kind)}")
 
 
 if __name__ == "__main__":

@@ -59,6 +59,7 @@ def _check_answer(record, root):
 
 def test_answers_need_the_pixels(synth):
   root, paths = synth
+  assert os.path.isfile(os.path.join(paths["processor/internvl"], "preprocessor_config.json"))
   records = _read(paths["vision_chat/train"]) + _read(paths["vision_chat/heldout"])
   assert {r["task"] for r in records} == set(synthetic.TASKS)
   for record in records:
@@ -85,7 +86,7 @@ def test_layouts_hold_the_same_samples(synth):
 
 def test_pipeline_reads_every_layout(synth, make_config):
   root, paths = synth
-  qwen_vl_dir = os.path.join(root, "qwen3_vl")  # the dataset's own processor directory
+  qwen_vl_dir = paths["processor/qwen3_vl"]  # the dataset's own processor directory
   sources = {"chat": {"kind": "jsonl", "path": paths["vision_chat/train"], "format": "vision_chat", "holdout": "all"},
              "llava": {"kind": "jsonl", "path": paths["llava/train"], "format": "llava", "holdout": "all"},
              "blank": {"kind": "jsonl", "path": paths["blank/train"], "format": "vision_chat", "holdout": "all"}}
