@@ -1,4 +1,4 @@
-"""The `train`, `eval`, `checkpoint` and `sample` config sections."""
+"""The `train`, `eval`, `checkpoint`, `sample` and `logging` config sections."""
 
 from __future__ import annotations
 
@@ -27,6 +27,9 @@ def defaults() -> ConfigDict:
       "log_every": 10,
       "progress": True,  # progress bar on the terminal
       "max_compile_seconds_warning": 600.0,
+      # (first, last): trace steps first..last with jax.profiler into workdir/tensorboard
+      # (TensorBoard's profile tab, or Perfetto: perfetto_trace.json.gz); () = no trace.
+      "profile_steps": (),
   })
 
 
@@ -58,6 +61,23 @@ def sample_defaults() -> ConfigDict:
   })
 
 
+def logging_defaults() -> ConfigDict:
+  return ConfigDict({
+      "tensorboard": True,  # also write every metrics.jsonl value as TensorBoard events in workdir/tensorboard
+      "wandb": {
+          "enabled": False,  # also log to Weights & Biases (pip install 'jaxtrain[wandb]')
+          "project": "jaxtrain",  # W&B project
+          "entity": "",  # W&B team or user; "" = your default entity
+          "name": "",  # run name; "" = the workdir's name
+          "mode": "online",  # online | offline (files in workdir/wandb; `wandb sync` later) | disabled
+          "tags": (),  # run tags
+      },
+  })
+
+
+WANDB_MODES = ("online", "offline", "disabled")
+
+
 def validate(config: ConfigDict) -> None:
   t = config.train
   require(t.steps >= 0, "train.steps", f"must be >= 0, got {t.steps}")
@@ -71,3 +91,8 @@ def validate(config: ConfigDict) -> None:
   require(t.log_every >= 1, "train.log_every", "must be >= 1")
   require(config.checkpoint.every >= 0, "checkpoint.every", "must be >= 0")
   require(config.checkpoint.keep >= 1, "checkpoint.keep", "must be >= 1")
+  p = tuple(t.profile_steps)
+  require(p == () or (len(p) == 2 and 1 <= p[0] <= p[1]), "train.profile_steps",
+          f"must be () or (first, last) with 1 <= first <= last, got {p}")
+  require(config.logging.wandb.mode in WANDB_MODES, "logging.wandb.mode",
+          f"{config.logging.wandb.mode!r} is not one of {WANDB_MODES}")

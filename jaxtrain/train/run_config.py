@@ -4,8 +4,8 @@ file and overrides, with `model.init_from`'s architecture resolved.
     config = load_config("configs/quickstart.py", overrides=["--config.train.steps=50"])
 
 (also `jaxtrain.load_config`). Sections: `model` and `kernels` (models/config.py), `data`
-(data/config.py), `mesh` (parallel/mesh.py), `train`, `eval`, `checkpoint`, `sample`
-(train/config.py), plus `workdir` and `seed`.
+(data/config.py), `mesh` (parallel/mesh.py), `train`, `eval`, `checkpoint`, `sample`,
+`logging` (train/config.py), plus `workdir` and `seed`.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ def defaults() -> ConfigDict:
   c.checkpoint = train_config.checkpoint_defaults()
   c.mesh = mesh_lib.defaults()
   c.sample = train_config.sample_defaults()
+  c.logging = train_config.logging_defaults()
   return c
 
 

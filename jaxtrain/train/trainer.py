@@ -33,9 +33,11 @@ from jaxtrain.parallel.rules import logical_to_spec
 from jaxtrain.train import flops as flops_lib
 from jaxtrain.train import state as state_lib
 from jaxtrain.train.metrics import MetricsWriter
+from jaxtrain.train.profiler import StepProfiler
 from jaxtrain.train.optimizer import make_optimizer, schedule
 from jaxtrain.train.progress import Progress
 from jaxtrain.train.run_config import load_config
+from jaxtrain.train.sinks import TENSORBOARD_DIR
 from jaxtrain.train.step import BATCH_KEYS, make_eval_step, make_train_step
 
 log = logging.getLogger("jaxtrain")
@@ -142,6 +144,8 @@ class Trainer:
         signal.signal(sig, h)
       if hasattr(self, "checkpointer"):
         self.checkpointer.close()
+      if hasattr(self, "metrics_writer"):
+        self.metrics_writer.close()
 
   def _fit(self, cfg) -> dict[str, Any]:
     self._build()
@@ -158,7 +162,9 @@ class Trainer:
                                          process_index=jax.process_index(), process_count=jax.process_count())
     if data_state is not None:
       self._restore_data_position(train_iter, data_state, start)
-    metrics_writer = MetricsWriter(self.workdir, enabled=self.is_main, resume_step=start if start else None)
+    self.metrics_writer = metrics_writer = MetricsWriter(
+        self.workdir, enabled=self.is_main, resume_step=start if start else None, logging=cfg.logging, config=cfg)
+    profiler = StepProfiler(cfg.train.profile_steps, os.path.join(self.workdir, TENSORBOARD_DIR))
 
     train_step = jax.jit(make_train_step(self.graphdef, self.model_cfg, cfg.train, self.tx, self.lr_schedule),
                          in_shardings=(self.state_sharding, self.batch_sharding),
@@ -182,8 +188,10 @@ class Trainer:
           summary["compile_seconds"] = time.perf_counter() - t0
           log.info("compiled the train step in %.1fs", summary["compile_seconds"])
           interval_start = time.perf_counter()
+        profiler.before(step + 1)
         state, metrics = compiled(state, batch)
         step += 1
+        profiler.after(step, metrics)
         interval_steps += 1
         if step % cfg.train.log_every == 0 or step == total:
           metrics = jax.device_get(metrics)
@@ -211,6 +219,7 @@ class Trainer:
           raise Preempted(step)
     finally:
       progress.close()
+      profiler.close()
 
     summary.update(steps=step, train_loss=last_record.get("loss"),
                    tokens_per_sec=last_record.get("tokens_per_sec"))
