@@ -65,7 +65,7 @@ class Trainer:
     self.mesh = make_mesh(config.mesh, config=config)
 
   # -- setup ---------------------------------------------------------------------------------
-  def _build(self):
+  def _build(self, checkpoints: bool = True):
     cfg, mc = self.config, self.model_cfg
     self.tokenizer = data_lib.build_tokenizer(cfg.data)
     if self.tokenizer.vocab_size > mc.vocab_size:
@@ -85,8 +85,9 @@ class Trainer:
     spec = logical_to_spec(("act_batch", "act_seq"), (B, T), self.mesh)
     self.batch_sharding = {k: NamedSharding(self.mesh, spec) for k in BATCH_KEYS}
     distributed.check_batch_sharding(self.batch_sharding["input_ids"], (B, T))
-    self.checkpointer = Checkpointer(checkpoint_dir(self.workdir), keep=cfg.checkpoint.keep,
-                                     keep_every=cfg.checkpoint.keep_every, async_save=cfg.checkpoint.async_save)
+    if checkpoints:
+      self.checkpointer = Checkpointer(checkpoint_dir(self.workdir), keep=cfg.checkpoint.keep,
+                                       keep_every=cfg.checkpoint.keep_every, async_save=cfg.checkpoint.async_save)
 
   def _initial_params(self):
     """(parameters, model state or None)."""
@@ -279,7 +280,17 @@ class Trainer:
                    for k in BATCH_KEYS}
         s, c = self._eval_step(params, self._device_batch(batch), model_state)
         loss_sum, count = loss_sum + float(s), count + float(c)
+    self.eval_tokens = int(count)
     return loss_sum / max(count, 1.0)
+
+  def evaluate_pretrained(self) -> dict[str, float]:
+    """Held-out loss of the parameters `model.init_from` names (random ones if it is empty),
+    without training or writing anything: what `jaxtrain eval` reports."""
+    with mesh_context(self.mesh, expert_exchange=self.config.mesh.expert_exchange):
+      self._build(checkpoints=False)
+      params, model_state = self._initial_params()
+      loss = self.evaluate(params, model_state)
+    return {"eval_loss": loss, "eval_tokens": self.eval_tokens}
 
   def sample(self, params, model_state=None) -> str:
     cfg = self.config.sample
