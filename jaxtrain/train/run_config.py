@@ -25,8 +25,8 @@ from jaxtrain.train import config as train_config
 
 def defaults() -> ConfigDict:
   c = ConfigDict()
-  c.workdir = "runs/default"
-  c.seed = 0
+  c.workdir = "runs/default"  # where the run writes metrics, TensorBoard events, config.json, checkpoints
+  c.seed = 0  # parameter initialisation, data order (data.seed = -1) and sampling
   c.model = model_config.defaults()
   c.kernels = model_config.kernels_defaults()
   c.data = data_config.defaults()
