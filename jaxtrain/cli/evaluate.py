@@ -27,7 +27,9 @@ def _parser(prog: str) -> argparse.ArgumentParser:
                       help="a jaxtrain workdir (latest checkpoint), a checkpoint step directory, an import-hf output, "
                            "or a Hugging Face directory")
   parser.add_argument("--config", default=None, metavar="FILE",
-                      help="config file for the data (and batch size); default: the config the run trained with")
+                      help="config file for the data (and batch size); default: the config the run trained with. "
+                           "The tokenizer is the model's own (its HF directory's) unless --config.data.tokenizer=... "
+                           "is given")
   parser.add_argument("--batches", type=int, default=None, help="held-out batches to evaluate (eval.batches)")
   parser.add_argument("--json", action="store_true", help="print the result as one JSON object")
   return parser
@@ -58,11 +60,10 @@ def build_config(args: argparse.Namespace, overrides: list[str]):
     base = checkpoint_model_section(path)[3]
     if "data" not in base:
       raise ValueError(f"{args.model} holds no data config (an import-hf output?): pass --config FILE")
-  config = load_config(args.config, overrides, base=base)
   tokenizer = _model_tokenizer(path)
-  if config.data.tokenizer == "byte" and tokenizer:  # the model's own tokenizer, not the default
-    config = load_config(args.config, [*overrides, f"--config.data.tokenizer={tokenizer}"], base=base)
-  return config
+  if tokenizer and not any(o.startswith("--config.data.tokenizer=") for o in overrides):
+    overrides.append(f"--config.data.tokenizer={tokenizer}")  # the model's own, as generate and chat use
+  return load_config(args.config, overrides, base=base)
 
 
 def main(argv: list[str] | None = None, prog: str = "jaxtrain eval") -> int:
