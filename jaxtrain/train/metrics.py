@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from jaxtrain.train import sinks
+
 log = logging.getLogger("jaxtrain")
 
 
@@ -57,22 +59,21 @@ class JsonlSink:
 class MetricsWriter:
   """Fans each record out to metrics.jsonl and the sinks the `logging` section enables.
 
-  `logging`: the run config's `logging` section (None = metrics.jsonl only); `config`: the
+  `settings`: the run config's `logging` section (None = metrics.jsonl only); `config`: the
   whole run config, given to W&B as the run's config."""
 
-  def __init__(self, workdir: str, *, enabled: bool = True, resume_step: int | None = None, logging=None,
+  def __init__(self, workdir: str, *, enabled: bool = True, resume_step: int | None = None, settings=None,
                config=None):
     self.enabled = enabled
     self.sinks = []
     if not enabled:
       return
     self.sinks.append(JsonlSink(workdir, resume_step))
-    if logging is not None:
-      from jaxtrain.train import sinks  # optional writers: imported only when a run logs
-      if logging.tensorboard:
+    if settings is not None:
+      if settings.tensorboard:
         self.sinks.append(sinks.TensorBoardSink(workdir, resume_step))
-      if logging.wandb.enabled and logging.wandb.mode != "disabled":
-        self.sinks.append(sinks.WandbSink(workdir, logging.wandb, config, resume_step))
+      if settings.wandb.enabled and settings.wandb.mode != "disabled":
+        self.sinks.append(sinks.WandbSink(workdir, settings.wandb, config, resume_step))
 
   def write(self, step: int, metrics: dict[str, Any]) -> dict[str, Any]:
     record = {"step": int(step), **{k: to_python(v) for k, v in metrics.items()}}

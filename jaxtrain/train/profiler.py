@@ -3,8 +3,8 @@
 The trace lands in `workdir/tensorboard/plugins/profile/<time>/`: `<host>.xplane.pb` for
 TensorBoard's profile tab (`pip install tensorboard-plugin-profile`; `tensorboard --logdir
 WORKDIR`), and `perfetto_trace.json.gz` for https://ui.perfetto.dev. Every process traces its
-own devices. Steps are counted from 1; a step that compiles (the first of a run) includes the
-compile time in its trace.
+own devices. Steps are counted from 1; the train step is compiled before the first step runs,
+outside any trace.
 """
 
 from __future__ import annotations

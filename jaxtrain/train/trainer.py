@@ -164,7 +164,7 @@ class Trainer:
     if data_state is not None:
       self._restore_data_position(train_iter, data_state, start)
     self.metrics_writer = metrics_writer = MetricsWriter(
-        self.workdir, enabled=self.is_main, resume_step=start if start else None, logging=cfg.logging, config=cfg)
+        self.workdir, enabled=self.is_main, resume_step=start if start else None, settings=cfg.logging, config=cfg)
     profiler = StepProfiler(cfg.train.profile_steps, os.path.join(self.workdir, TENSORBOARD_DIR))
 
     train_step = jax.jit(make_train_step(self.graphdef, self.model_cfg, cfg.train, self.tx, self.lr_schedule),
