@@ -57,8 +57,8 @@ def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--workdir", required=True)
   parser.add_argument("--out", required=True, help="PNG path")
-  parser.add_argument("--title", default="jaxtrain quickstart: 4-layer MoE (8 experts, top-2), byte-level on "
-                                         "Python's standard library, 2 CPU cores")
+  parser.add_argument("--title", default="jaxtrain quickstart: 4-layer MoE (8 experts, top-2), "
+                                         "byte-level on Python's standard library")
   args = parser.parse_args(argv)
   print(json.dumps(plot(args.workdir, args.out, args.title)))
   return 0
