@@ -33,8 +33,8 @@ from jaxtrain.parallel.rules import logical_to_spec
 from jaxtrain.train import flops as flops_lib
 from jaxtrain.train import state as state_lib
 from jaxtrain.train.metrics import MetricsWriter
-from jaxtrain.train.profiler import StepProfiler
 from jaxtrain.train.optimizer import make_optimizer, schedule
+from jaxtrain.train.profiler import StepProfiler
 from jaxtrain.train.progress import Progress
 from jaxtrain.train.run_config import load_config
 from jaxtrain.train.sinks import TENSORBOARD_DIR
