@@ -98,7 +98,7 @@ class TextModel:
     path = os.path.expanduser(path)
     tok, data = tokenizer_for(path, tokenizer, chat_template)
     model = from_pretrained(path, dtype=dtype, progress=progress)
-    stop = _generation_eos_ids(path) | _generation_eos_ids(str(data.get("tokenizer", "")))
+    stop = _generation_eos_ids(path) | _generation_eos_ids(tok.name_or_path)  # the HF directory's, if any
     return cls(model, tok, add_bos=bool(data.get("add_bos", True)), stop_ids=sorted(stop))
 
   # -- prompts --------------------------------------------------------------------------------
