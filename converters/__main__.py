@@ -16,9 +16,8 @@ import logging
 import sys
 
 
-def parse_args(argv):
-  parser = argparse.ArgumentParser(prog="python -m jaxtrain.converters",
-                                   description="Convert between Hugging Face and jaxtrain checkpoints.")
+def parse_args(argv, prog: str = "python -m jaxtrain.converters"):
+  parser = argparse.ArgumentParser(prog=prog, description="Convert between Hugging Face and jaxtrain checkpoints.")
   sub = parser.add_subparsers(dest="command", required=True)
   imp = sub.add_parser("import-hf", help="HF directory -> jaxtrain checkpoint (usable as model.init_from)")
   imp.add_argument("--hf", required=True, help="Hugging Face model directory (config.json + safetensors)")
@@ -42,8 +41,8 @@ def parse_args(argv):
   return parser.parse_args(argv)
 
 
-def main(argv=None) -> int:
-  args = parse_args(sys.argv[1:] if argv is None else argv)
+def main(argv=None, prog: str = "python -m jaxtrain.converters") -> int:
+  args = parse_args(sys.argv[1:] if argv is None else argv, prog)
   logging.basicConfig(level=logging.INFO, format="[jaxtrain.converters] %(message)s", stream=sys.stderr)
   for noisy in ("absl", "orbax", "jax._src"):
     logging.getLogger(noisy).setLevel(logging.ERROR)

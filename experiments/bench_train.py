@@ -114,7 +114,8 @@ def run_jaxtrain(spec: dict) -> dict:
   step_s = float(np.median(times))
   device = jax.devices()[0]
   stats = device.memory_stats() or {}
-  peak_mb = stats.get("peak_bytes_in_use", 0) / 2**20 if device.platform != "cpu" else _peak_rss_mb()
+  # Backends with their own device memory report its peak; on the CPU it is the process's memory.
+  peak_mb = stats["peak_bytes_in_use"] / 2**20 if "peak_bytes_in_use" in stats else _peak_rss_mb()
   fpt = flops.train_flops_per_token(cfg, T)
   peak = flops.device_peak(cfg.dtype)
   tps = B * T / step_s

@@ -7,7 +7,7 @@ themselves live in the modules `flash_attention`, `gmm_pallas` and `cudnn_attent
 functions are not re-exported here, so those names stay the modules)."""
 
 from jaxtrain.kernels.attention import attention, attention_reference
-from jaxtrain.kernels.dispatch import implementations, resolve
+from jaxtrain.kernels.dispatch import implementations, resolve, supports
 from jaxtrain.kernels.flash_attention import FlashBlocks
 from jaxtrain.kernels.gmm import gmm, gmm_reference, tgmm, tgmm_reference
 from jaxtrain.kernels.gmm_pallas import GmmTiling
@@ -15,5 +15,5 @@ from jaxtrain.kernels.pallas_backend import block_sizes, interpret_mode, set_blo
 
 __all__ = [
     "attention", "attention_reference", "gmm", "gmm_reference", "tgmm", "tgmm_reference",
-    "implementations", "resolve", "FlashBlocks", "GmmTiling", "interpret_mode", "block_sizes", "set_block_sizes",
+    "implementations", "resolve", "supports", "FlashBlocks", "GmmTiling", "interpret_mode", "block_sizes", "set_block_sizes",
 ]

@@ -21,7 +21,8 @@ Implementations (`impl`):
   (lax.scan, custom VJP): O(T) memory on every backend, and faster than the reference on CPU
   from T=512 on; calls that fit in one block are the reference.
 - "auto": "pallas" on GPU (covers every feature with O(T) memory; pending measured numbers from
-  experiments/bench_kernels.py), "chunked" everywhere else (CPU, TPU, NPU plugins).
+  experiments/bench_kernels.py), "chunked" on CPU (measured), the reference elsewhere (TPU,
+  PJRT plugins such as NPUs: "chunked" runs there too and is one config key away).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ dispatch.register("attention", "pallas", flash_attention)
 dispatch.register("attention", "cudnn", cudnn_attention)
 dispatch.register("attention", "chunked", chunked_attention)
 dispatch.set_auto("attention", "gpu", "pallas")
-dispatch.set_auto("attention", "*", "chunked")
+dispatch.set_auto("attention", "cpu", "chunked")
 
 
 def attention(q, k, v, *, q_segment_ids=None, kv_segment_ids=None, q_positions=None, kv_positions=None,

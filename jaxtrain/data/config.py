@@ -48,14 +48,14 @@ def source_defaults() -> ConfigDict:
       "glob": "",  # file pattern inside directories ("" = per kind: *.py, *.txt, *.jsonl*, ...)
       "text_unit": "file",  # kind=text: one document per file, or per non-empty line
       # Field names (jsonl / parquet / arrow records).
-      "text_field": "text",
-      "messages_field": "messages",
+      "text_field": "text",  # text: field of the document text (jsonl / parquet / arrow records)
+      "messages_field": "messages",  # chat: field of the messages list
       "tools_field": "tools",  # optional per-record tool schemas passed to the chat template
-      "prompt_field": "prompt",
-      "completion_field": "completion",
-      "instruction_field": "instruction",
-      "input_field": "input",
-      "output_field": "output",
+      "prompt_field": "prompt",  # prompt_completion: field of the prompt
+      "completion_field": "completion",  # prompt_completion: field of the completion
+      "instruction_field": "instruction",  # alpaca: field of the instruction
+      "input_field": "input",  # alpaca: field of the optional input
+      "output_field": "output",  # alpaca: field of the answer
       # format=preference: {prompt, chosen, rejected} as strings or chat-message lists (TRL's
       # standard and conversational formats), optional precomputed reference log-probs.
       "chosen_field": "chosen",
@@ -75,7 +75,7 @@ OPEN_MAPS = {"data.sources": source_defaults}
 
 def defaults() -> ConfigDict:
   return ConfigDict({
-      "seq_len": 256,
+      "seq_len": 256,  # tokens per packed row
       "tokenizer": "byte",  # "byte" or a local Hugging Face tokenizer directory
       "chat_template": "",  # "" = the tokenizer's; else a .jinja file path or a template string
       "sources": {"main": source_defaults()},
@@ -90,7 +90,7 @@ def defaults() -> ConfigDict:
       "on_bad_record": "error",  # error (naming file and line) | skip (counted and reported)
       "loss_on": "assistant",  # chat: assistant | last_assistant | all tokens
       "add_bos": True,  # text / prompt_completion / alpaca: prepend bos (if the tokenizer has one)
-      "add_eos": True,  # ... and append eos
+      "add_eos": True,  # text / prompt_completion / alpaca: append eos (if the tokenizer has one)
       # Pieces shuffled in a window after splitting long documents (0 = off; packed rows are
       # shuffled within each packing group anyway). Costs ~0.1-0.5 ms per piece.
       "shuffle_window": 0,

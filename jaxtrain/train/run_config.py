@@ -4,8 +4,9 @@ file and overrides, with `model.init_from`'s architecture resolved.
     config = load_config("configs/quickstart.py", overrides=["--config.train.steps=50"])
 
 (also `jaxtrain.load_config`). Sections: `model` and `kernels` (models/config.py), `data`
-(data/config.py), `mesh` (parallel/mesh.py), `train`, `eval`, `checkpoint`, `sample`
-(train/config.py), `lora` and `preference` (posttrain/config.py), plus `workdir` and `seed`.
+(data/config.py), `mesh` (parallel/mesh.py), `train`, `eval`, `checkpoint`, `sample`,
+`logging` (train/config.py), `lora` and `preference` (posttrain/config.py), plus `workdir` and
+`seed`.
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ from jaxtrain.train import config as train_config
 
 def defaults() -> ConfigDict:
   c = ConfigDict()
-  c.workdir = "runs/default"
-  c.seed = 0
+  c.workdir = "runs/default"  # where the run writes metrics, TensorBoard events, config.json, checkpoints
+  c.seed = 0  # parameter initialisation, data order (data.seed = -1) and sampling
   c.model = model_config.defaults()
   c.kernels = model_config.kernels_defaults()
   c.data = data_config.defaults()
@@ -38,6 +39,7 @@ def defaults() -> ConfigDict:
   c.sample = train_config.sample_defaults()
   c.lora = posttrain_config.lora_defaults()
   c.preference = posttrain_config.preference_defaults()
+  c.logging = train_config.logging_defaults()
   return c
 
 

@@ -79,9 +79,10 @@ def moe_metrics(aux) -> dict:
   """Per-MoE-layer expert load statistics and the dropped-assignment fraction."""
   if not aux:
     return {}
-  load = aux["load"].astype(jnp.float32)  # [layers, experts]
+  load = aux["load"].astype(jnp.float32)  # [layers, experts]: token copies routed to each expert
   mean = jnp.mean(load, axis=-1)
   return {
+      "moe/expert_load": load / jnp.maximum(jnp.sum(load, axis=-1, keepdims=True), 1e-9),  # fractions per layer
       "moe/load_min": jnp.min(load, axis=-1),
       "moe/load_max": jnp.max(load, axis=-1),
       "moe/load_cv": jnp.std(load, axis=-1) / jnp.maximum(mean, 1e-9),

@@ -33,8 +33,10 @@ from jaxtrain.train import flops as flops_lib
 from jaxtrain.train import state as state_lib
 from jaxtrain.train.metrics import MetricsWriter
 from jaxtrain.train.optimizer import make_optimizer, schedule
+from jaxtrain.train.profiler import StepProfiler
 from jaxtrain.train.progress import Progress
 from jaxtrain.train.run_config import load_config
+from jaxtrain.train.sinks import TENSORBOARD_DIR
 from jaxtrain.train.step import make_eval_step, make_train_step
 
 log = logging.getLogger("jaxtrain")
@@ -62,7 +64,7 @@ class Trainer:
     self.mesh = make_mesh(config.mesh, config=config)
 
   # -- setup ---------------------------------------------------------------------------------
-  def _build(self):
+  def _build(self, checkpoints: bool = True):
     cfg, mc = self.config, self.model_cfg
     self.tokenizer = data_lib.build_tokenizer(cfg.data)
     if self.tokenizer.vocab_size > mc.vocab_size:
@@ -87,8 +89,9 @@ class Trainer:
     self.batch_sharding = {k: NamedSharding(self.mesh, logical_to_spec(f.axes, f.shape, self.mesh))
                            for k, f in self.fields.items()}
     distributed.check_batch_sharding(self.batch_sharding["input_ids"], self.fields["input_ids"].shape)
-    self.checkpointer = Checkpointer(checkpoint_dir(self.workdir), keep=cfg.checkpoint.keep,
-                                     keep_every=cfg.checkpoint.keep_every, async_save=cfg.checkpoint.async_save)
+    if checkpoints:
+      self.checkpointer = Checkpointer(checkpoint_dir(self.workdir), keep=cfg.checkpoint.keep,
+                                       keep_every=cfg.checkpoint.keep_every, async_save=cfg.checkpoint.async_save)
 
   def _base_params(self):
     """(the model's own parameters, model state or None), from model.init_from or the seed."""
@@ -158,6 +161,8 @@ class Trainer:
         signal.signal(sig, h)
       if hasattr(self, "checkpointer"):
         self.checkpointer.close()
+      if hasattr(self, "metrics_writer"):
+        self.metrics_writer.close()
 
   def _fit(self, cfg) -> dict[str, Any]:
     self._build()
@@ -173,7 +178,9 @@ class Trainer:
     train_iter = self.objective.pipeline(cfg, "train", self.tokenizer, jax.process_index(), jax.process_count())
     if data_state is not None:
       self._restore_data_position(train_iter, data_state, start)
-    metrics_writer = MetricsWriter(self.workdir, enabled=self.is_main, resume_step=start if start else None)
+    self.metrics_writer = metrics_writer = MetricsWriter(
+        self.workdir, enabled=self.is_main, resume_step=start if start else None, settings=cfg.logging, config=cfg)
+    profiler = StepProfiler(cfg.train.profile_steps, os.path.join(self.workdir, TENSORBOARD_DIR))
 
     train_step = jax.jit(make_train_step(self.graphdef, self.model_cfg, cfg.train, self.tx, self.lr_schedule,
                                          objective=self.objective, parts=self.plan.parts, fields=self.fields),
@@ -198,8 +205,10 @@ class Trainer:
           summary["compile_seconds"] = time.perf_counter() - t0
           log.info("compiled the train step in %.1fs", summary["compile_seconds"])
           interval_start = time.perf_counter()
+        profiler.before(step + 1)
         state, metrics = compiled(state, batch)
         step += 1
+        profiler.after(step, metrics)
         interval_steps += 1
         if step % cfg.train.log_every == 0 or step == total:
           metrics = jax.device_get(metrics)
@@ -227,6 +236,7 @@ class Trainer:
           raise Preempted(step)
     finally:
       progress.close()
+      profiler.close()
 
     summary.update(steps=step, train_loss=last_record.get("loss"),
                    tokens_per_sec=last_record.get("tokens_per_sec"))
@@ -288,7 +298,17 @@ class Trainer:
                    for k, f in self.fields.items()}
         s, c = self._eval_step(params, self._device_batch(batch), model_state, frozen)
         loss_sum, count = loss_sum + float(s), count + float(c)
+    self.eval_tokens = int(count)
     return loss_sum / max(count, 1.0)
+
+  def evaluate_pretrained(self) -> dict[str, float]:
+    """Held-out loss of the parameters `model.init_from` names (random ones if it is empty),
+    without training or writing anything: what `jaxtrain eval` reports."""
+    with mesh_context(self.mesh, expert_exchange=self.config.mesh.expert_exchange):
+      self._build(checkpoints=False)
+      params, frozen, model_state = self._initial_params()
+      loss = self.evaluate(params, model_state, frozen)
+    return {"eval_loss": loss, "eval_tokens": self.eval_tokens}
 
   def sample(self, params, model_state=None, frozen=None) -> str:
     cfg = self.config.sample

@@ -18,6 +18,7 @@ import contextvars
 import jax
 
 from jaxtrain import kernels
+from jaxtrain.kernels import dispatch
 from jaxtrain.parallel import collectives as col
 from jaxtrain.parallel.moe.exchange import PaddedAllToAll, RaggedAllToAll, emulated_ragged_all_to_all
 from jaxtrain.parallel.moe.local import LocalBlocks, LocalSorted
@@ -25,7 +26,6 @@ from jaxtrain.parallel.moe.protocol import Dispatcher
 from jaxtrain.parallel.moe.sharded import ExpertParallel, Layout
 
 EXCHANGES = ("auto", "ragged", "padded", "ragged_emulated")
-RAGGED_BACKENDS = ("gpu", "tpu")  # where XLA implements ragged-all-to-all
 
 _exchange: contextvars.ContextVar[str] = contextvars.ContextVar("jaxtrain_expert_exchange", default="auto")
 
@@ -52,13 +52,13 @@ def current_exchange() -> str:
 
 def ragged_supported(backend: str | None = None) -> bool:
   """Whether XLA implements `ragged_all_to_all` on `backend` (default: the running one)."""
-  return (backend or jax.default_backend()) in RAGGED_BACKENDS
+  return kernels.supports("ragged_all_to_all", backend)
 
 
 def resolve_exchange(exchange: str, backend: str | None = None) -> str:
   """"auto" -> "ragged" where supported, else "padded"; "ragged" where unsupported is an error."""
   check_exchange(exchange)
-  backend = backend or jax.default_backend()
+  backend = backend or dispatch.platform()
   if exchange == "auto":
     return "ragged" if ragged_supported(backend) else "padded"
   if exchange == "ragged" and not ragged_supported(backend):

@@ -1,0 +1,166 @@
+"""Text in, text out: a trained model with its tokenizer, for `jaxtrain generate`, `jaxtrain chat`
+and notebooks.
+
+    lm = TextModel.load("runs/quickstart")          # a workdir, checkpoint or HF directory
+    lm.generate(["def ", "class "], max_new_tokens=64)
+    for piece in lm.stream(lm.chat_prompt([{"role": "user", "content": "Hi"}]), max_new_tokens=64):
+      print(piece, end="", flush=True)
+
+The tokenizer comes with the model: an HF directory's own files, or the tokenizer (and chat
+template) the run trained with. This is the one module that calls the sampler
+(`jaxtrain.generate.sampler.generate`); `_sample` is the seam to change when the sampler does.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from typing import Any, Iterator, Mapping, Sequence
+
+import numpy as np
+
+from jaxtrain.converters import from_pretrained
+from jaxtrain.converters.hf_config import is_hf_dir
+from jaxtrain.converters.load import checkpoint_model_section
+from jaxtrain.data.tokenizer import Tokenizer, build_tokenizer
+from jaxtrain.generate.sampler import generate
+
+log = logging.getLogger("jaxtrain")
+
+
+def _sample(model, prompts: np.ndarray, *, max_new_tokens: int, temperature: float, top_k: int, seed: int,
+            vocab_limit: int) -> np.ndarray:
+  """`[B, P]` equal-length prompt ids -> `[B, max_new_tokens]` new ids."""
+  out = generate(model, prompts, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, seed=seed,
+                 vocab_limit=vocab_limit)
+  return np.asarray(out)[:, prompts.shape[1]:]
+
+
+def _generation_eos_ids(directory: str) -> set[int]:
+  """eos_token_id of an HF directory's generation_config.json (an int or a list)."""
+  path = os.path.join(directory, "generation_config.json")
+  if not os.path.isfile(path):
+    return set()
+  with open(path) as f:
+    value = json.load(f).get("eos_token_id")
+  return set(value if isinstance(value, list) else [value] if isinstance(value, int) else [])
+
+
+def tokenizer_for(path: str, tokenizer: str | None = None, chat_template: str = "") -> tuple[Tokenizer, dict]:
+  """(tokenizer, the data settings the model trained with) for a model at `path`: `tokenizer`
+  ("byte" or an HF tokenizer directory) if given, else the HF directory's own, else the one
+  the jaxtrain run was configured with. Raises ValueError when none is found."""
+  data: dict[str, Any] = {}
+  if tokenizer is None:
+    if is_hf_dir(path):
+      tokenizer = path if os.path.isfile(os.path.join(path, "tokenizer.json")) else None
+    else:
+      saved = checkpoint_model_section(path)[3]
+      data = dict(saved.get("data") or {})
+      tokenizer = data.get("tokenizer")
+      chat_template = chat_template or data.get("chat_template", "")
+      init_from = (saved.get("model") or {}).get("init_from") or ""
+      if tokenizer is None and init_from and os.path.isfile(os.path.join(init_from, "tokenizer.json")):
+        tokenizer = init_from  # an import-hf checkpoint: the HF directory it came from
+  if tokenizer is None:
+    raise ValueError(f"{path}: no tokenizer found with the model; pass one (--tokenizer byte or a Hugging Face "
+                     "tokenizer directory)")
+  return build_tokenizer({"tokenizer": tokenizer, "chat_template": chat_template}), data
+
+
+def end_of_turn_id(tokenizer: Tokenizer) -> int | None:
+  """The token a chat template writes right after an assistant message (<|im_end|>,
+  <|eot_id|>, ...), found by rendering one; None without a template."""
+  if not tokenizer.chat_template:
+    return None
+  marker = "\u2063REPLY\u2063"
+  text = tokenizer.apply_chat_template([{"role": "user", "content": "hi"}, {"role": "assistant", "content": marker}])
+  suffix = text.split(marker, 1)[1] if marker in text else ""
+  ids = tokenizer.encode(suffix) if suffix.strip() else []
+  return ids[0] if ids else None
+
+
+class TextModel:
+  """A model and its tokenizer: prompts in, completions out."""
+
+  def __init__(self, model, tokenizer: Tokenizer, *, add_bos: bool = True, stop_ids: Sequence[int] = ()):
+    self.model = model
+    self.tokenizer = tokenizer
+    self.add_bos = add_bos and tokenizer.bos_id is not None
+    self.stop_ids = {i for i in (tokenizer.eos_id, end_of_turn_id(tokenizer), *stop_ids) if i is not None}
+
+  @classmethod
+  def load(cls, path: str, *, tokenizer: str | None = None, chat_template: str = "", dtype: str = "float32",
+           progress: bool | None = None) -> "TextModel":
+    """A jaxtrain workdir / checkpoint (its latest step, or a step directory) or an HF directory."""
+    path = os.path.expanduser(path)
+    tok, data = tokenizer_for(path, tokenizer, chat_template)
+    model = from_pretrained(path, dtype=dtype, progress=progress)
+    stop = _generation_eos_ids(path) | _generation_eos_ids(tok.name_or_path)  # the HF directory's, if any
+    return cls(model, tok, add_bos=bool(data.get("add_bos", True)), stop_ids=sorted(stop))
+
+  # -- prompts --------------------------------------------------------------------------------
+  def encode_prompt(self, text: str) -> list[int]:
+    """Token ids of a plain-text prompt (bos first where the model trained with one; a chat
+    template writes its own)."""
+    ids = self.tokenizer.encode(text)
+    if self.add_bos and not (ids and ids[0] == self.tokenizer.bos_id):
+      ids = [self.tokenizer.bos_id] + ids
+    return ids
+
+  def chat_prompt(self, messages: Sequence[Mapping[str, Any]]) -> list[int]:
+    """Token ids of a conversation rendered with the chat template, ready for the reply."""
+    return self.tokenizer.encode(self.tokenizer.apply_chat_template(messages, add_generation_prompt=True))
+
+  def _until_stop(self, ids: Sequence[int]) -> tuple[list[int], bool]:
+    for i, t in enumerate(ids):
+      if t in self.stop_ids:
+        return list(ids[:i]), True
+    return list(ids), False
+
+  # -- sampling -------------------------------------------------------------------------------
+  def generate_ids(self, prompts: Sequence[Sequence[int]], *, max_new_tokens: int = 64, temperature: float = 0.8,
+                   top_k: int = 0, seed: int = 0) -> list[list[int]]:
+    """New token ids for each prompt, cut at the first stop token. Prompts of one length are
+    sampled together."""
+    results: list[list[int] | None] = [None] * len(prompts)
+    by_length: dict[int, list[int]] = {}
+    for i, p in enumerate(prompts):
+      if not p:
+        raise ValueError(f"prompt {i} is empty (no tokens)")
+      by_length.setdefault(len(p), []).append(i)
+    for n, (length, rows) in enumerate(sorted(by_length.items())):
+      batch = np.asarray([prompts[i] for i in rows], np.int32)
+      new = _sample(self.model, batch, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
+                    seed=seed + n, vocab_limit=self.tokenizer.vocab_size)
+      for i, ids in zip(rows, new.tolist()):
+        results[i] = self._until_stop(ids)[0]
+    return results  # type: ignore[return-value]
+
+  def generate(self, prompts: Sequence[str], **sampling) -> list[str]:
+    """Completions of plain-text prompts (see `generate_ids` for the sampling options)."""
+    ids = self.generate_ids([self.encode_prompt(p) for p in prompts], **sampling)
+    return [self.tokenizer.decode(i, skip_special_tokens=True) for i in ids]
+
+  def stream(self, prompt_ids: Sequence[int], *, max_new_tokens: int = 256, temperature: float = 0.8,
+             top_k: int = 0, seed: int = 0, chunk: int = 8) -> Iterator[str]:
+    """The completion of one prompt as text pieces, produced `chunk` tokens at a time (each
+    chunk continues from the prompt and every token so far); stops at a stop token."""
+    prompt, new = list(prompt_ids), []
+    shown = text = ""
+    for n in range(math.ceil(max_new_tokens / chunk)):
+      count = min(chunk, max_new_tokens - len(new))
+      ids = _sample(self.model, np.asarray([prompt + new], np.int32), max_new_tokens=count, temperature=temperature,
+                    top_k=top_k, seed=seed + n, vocab_limit=self.tokenizer.vocab_size)[0].tolist()
+      ids, stopped = self._until_stop(ids)
+      new += ids
+      text = self.tokenizer.decode(new, skip_special_tokens=True)
+      if stopped or not text.endswith("\ufffd"):  # hold back a character whose bytes are incomplete
+        yield text[len(shown):]
+        shown = text
+      if stopped:
+        return
+    if len(shown) < len(text):
+      yield text[len(shown):]
