@@ -58,10 +58,10 @@ def source_defaults() -> ConfigDict:
       "output_field": "output",  # alpaca: field of the answer
       # format=preference: {prompt, chosen, rejected} as strings or chat-message lists (TRL's
       # standard and conversational formats), optional precomputed reference log-probs.
-      "chosen_field": "chosen",
-      "rejected_field": "rejected",
-      "ref_chosen_field": "ref_chosen_logps",
-      "ref_rejected_field": "ref_rejected_logps",
+      "chosen_field": "chosen",  # preference: field of the preferred response
+      "rejected_field": "rejected",  # preference: field of the dispreferred response
+      "ref_chosen_field": "ref_chosen_logps",  # preference: precomputed reference log-prob of chosen
+      "ref_rejected_field": "ref_rejected_logps",  # preference: precomputed reference log-prob of rejected
       "images_field": "images",  # llava: an image path or a list of them ("image" is read too)
       "videos_field": "videos",  # llava: a video path or a list of them ("video" is read too)
       "hf_split": "train",  # kind=arrow: split directory of a saved DatasetDict

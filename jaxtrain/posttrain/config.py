@@ -15,7 +15,7 @@ def lora_defaults() -> ConfigDict:
   return ConfigDict({
       "rank": 0,  # adapter rank r; 0 = no adapters (full fine-tuning)
       "alpha": 16.0,  # adapters scale by alpha / r (alpha / sqrt(r) with rslora)
-      "rslora": False,
+      "rslora": False,  # rank-stabilised LoRA: scale alpha / sqrt(r) instead of alpha / r
       # Comma-separated Hugging Face module names: q_proj k_proj v_proj o_proj gate_proj
       # up_proj down_proj (dense MLPs, shared experts), experts (routed experts), router.
       "targets": "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj,experts",
@@ -30,7 +30,7 @@ def preference_defaults() -> ConfigDict:
       # sigmoid (DPO) | ipo | hinge | robust (label-smoothed, unbiased) | simpo (reference-free,
       # length-normalised) | orpo (odds ratio + NLL on chosen, reference-free)
       "loss": "sigmoid",
-      "beta": 0.1,
+      "beta": 0.1,  # strength of the implicit KL penalty (DPO beta; SimPO / ORPO: their beta / lambda)
       "label_smoothing": 0.0,  # sigmoid (conservative DPO) and robust: assumed label-flip rate
       "simpo_gamma": 0.5,  # SimPO target reward margin
       # base: the frozen starting model (with LoRA: the base with adapters disabled, no copy);
