@@ -14,7 +14,7 @@ from jaxtrain.config import require
 # Where documents come from.
 KINDS = ("python_stdlib", "text", "jsonl", "parquet", "arrow", "tokens")
 # How a record becomes tokens and a loss mask.
-FORMATS = ("text", "chat", "prompt_completion", "alpaca")
+FORMATS = ("text", "chat", "prompt_completion", "alpaca", "prompt")
 HOLDOUTS = ("hash", "none", "all")
 TEXT_UNITS = ("file", "line")
 PACKINGS = ("first_fit", "best_fit", "none")
@@ -35,7 +35,9 @@ def source_defaults() -> ConfigDict:
       # File, directory or glob; several separated by commas. "" for python_stdlib = this
       # interpreter's stdlib directory.
       "path": "",
-      "format": "text",  # text | chat | prompt_completion | alpaca (tokens: text only)
+      # text | chat | prompt_completion | alpaca (tokens: text only) | prompt (RL prompts:
+      # `prompt_field` holds a string or chat messages; train.method=grpo only)
+      "format": "text",
       "weight": 1.0,  # mixing weight against the other sources (training split)
       # Held-out documents: hash = a deterministic data.eval_fraction of documents (by a hash of
       # file name and record index); none = all train; all = this source is eval-only.

@@ -94,9 +94,9 @@ def _repeat_rows(tree, n: int, axis_of):
 
 
 @partial(jax.jit, static_argnames=("graphdef", "n", "cache_len", "greedy", "filtered", "vocab_limit"))
-def _prefill(graphdef, state, tokens, start, rng, temperature, top_k, top_p, *, n, cache_len, greedy, filtered,
+def _prefill(graphdef, states, tokens, start, rng, temperature, top_k, top_p, *, n, cache_len, greedy, filtered,
              vocab_limit):
-  model = nnx.merge(graphdef, state)
+  model = nnx.merge(graphdef, *states)
   B, P = tokens.shape
   cache = model.init_cache(B, cache_len, start=start)
   segment_ids = (jnp.arange(P)[None, :] >= start[:, None]).astype(jnp.int32)
@@ -111,11 +111,11 @@ def _prefill(graphdef, state, tokens, start, rng, temperature, top_k, top_p, *, 
 
 
 @partial(jax.jit, static_argnames=("graphdef", "chunk", "greedy", "filtered", "vocab_limit"), donate_argnums=(2,))
-def _decode(graphdef, state, cache, token, done, first_step, rng, temperature, top_k, top_p, stop_ids, pad_id, *,
+def _decode(graphdef, states, cache, token, done, first_step, rng, temperature, top_k, top_p, stop_ids, pad_id, *,
             chunk, greedy, filtered, vocab_limit):
   """`chunk` decoding steps: feeds `token`, returns the next `chunk` tokens `[B, chunk]`, their
   log-probabilities, the last token, the done flags and the cache."""
-  model = nnx.merge(graphdef, state)
+  model = nnx.merge(graphdef, *states)
   B = token.shape[0]
 
   def step(carry, i):
@@ -134,13 +134,15 @@ def _decode(graphdef, state, cache, token, done, first_step, rng, temperature, t
 class Sampler:
   """Samples completions of token-id prompts (see the module docstring). `model` is an NNX
   model (its current weights are used unless `generate(state=...)` passes others) or a
-  graphdef (then every call passes `state`)."""
+  graphdef (then every call passes `state`: the tuple of states `nnx.merge(graphdef, *state)`
+  takes, e.g. `(params, model_state)` of a split `nnx.split(model, nnx.Param, ...)`)."""
 
   def __init__(self, model: Any, *, tokenizer: Any = None, eos_ids: Sequence[int] | None = None,
                vocab_limit: int | None = None, pad_id: int | None = None, min_prompt_bucket: int = 16,
                min_batch_bucket: int = 1, decode_chunk: int = 16):
     if isinstance(model, nnx.Module):
-      self.graphdef, self.state = nnx.split(model)
+      self.graphdef, state = nnx.split(model)
+      self.state = (state,)
     else:
       self.graphdef, self.state = model, None
     self.tokenizer = tokenizer
@@ -166,6 +168,8 @@ class Sampler:
                rng: Any = None, state: Any = None) -> SampleBatch:
     """Samples `params.n` completions of every prompt (lists of token ids). `rng` (a JAX key)
     overrides `seed`."""
+    if state is not None:
+      state = (state,) if isinstance(state, nnx.State) else tuple(state)
     state = self.state if state is None else state
     if state is None:
       raise ValueError("Sampler built from a graphdef: pass the model state to generate(state=...)")

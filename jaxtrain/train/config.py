@@ -7,11 +7,13 @@ from ml_collections import ConfigDict
 from jaxtrain.config import require
 
 SCHEDULES = ("cosine", "linear", "constant")
+METHODS = ("sft", "grpo")
 
 
 def defaults() -> ConfigDict:
   return ConfigDict({
-      "steps": 1000,
+      "method": "sft",  # sft (next-token loss on data) | grpo (RL from rewards: the grpo section)
+      "steps": 1000,  # optimizer steps
       "global_batch": 8,  # sequences per optimizer step, over all devices and micro-batches
       "micro_batches": 1,  # gradient accumulation: global_batch is split into this many
       "lr": 3e-4,
@@ -60,6 +62,7 @@ def sample_defaults() -> ConfigDict:
 
 def validate(config: ConfigDict) -> None:
   t = config.train
+  require(t.method in METHODS, "train.method", f"{t.method!r} is not one of {METHODS}")
   require(t.steps >= 0, "train.steps", f"must be >= 0, got {t.steps}")
   require(t.global_batch >= 1, "train.global_batch", f"must be >= 1, got {t.global_batch}")
   require(t.micro_batches >= 1 and t.global_batch % t.micro_batches == 0, "train.micro_batches",

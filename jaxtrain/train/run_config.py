@@ -5,7 +5,7 @@ file and overrides, with `model.init_from`'s architecture resolved.
 
 (also `jaxtrain.load_config`). Sections: `model` and `kernels` (models/config.py), `data`
 (data/config.py), `mesh` (parallel/mesh.py), `train`, `eval`, `checkpoint`, `sample`
-(train/config.py), plus `workdir` and `seed`.
+(train/config.py), `grpo` (posttrain/config.py), plus `workdir` and `seed`.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from jaxtrain.converters.resolve import resolve_model_section
 from jaxtrain.data import config as data_config
 from jaxtrain.models import config as model_config
 from jaxtrain.parallel import mesh as mesh_lib
+from jaxtrain.posttrain import config as grpo_config
 from jaxtrain.train import config as train_config
 
 
@@ -35,12 +36,14 @@ def defaults() -> ConfigDict:
   c.checkpoint = train_config.checkpoint_defaults()
   c.mesh = mesh_lib.defaults()
   c.sample = train_config.sample_defaults()
+  c.grpo = grpo_config.defaults()
   return c
 
 
 SCHEMA = config_lib.Schema(
-    defaults=defaults, open_maps=data_config.OPEN_MAPS,
-    validators=(model_config.validate, data_config.validate, train_config.validate, mesh_lib.validate))
+    defaults=defaults, open_maps={**data_config.OPEN_MAPS, **grpo_config.OPEN_MAPS},
+    validators=(model_config.validate, data_config.validate, train_config.validate, mesh_lib.validate,
+                grpo_config.validate))
 
 
 def load_config(path: str | None = None, overrides: Iterable[str] = (), *, base: Any = None,
