@@ -4,8 +4,9 @@ single-digit sums ("3+4=" -> "7") byte-level. The data comes with the repo
 
     python -m jaxtrain.main --config configs/grpo_tiny.py
 
-Rewards: exact match of the answer (weight 1) and the share of digit characters (weight 0.5,
-configs/data/arithmetic_rewards.py). The mean reward climbs from ~0 within a few minutes;
+Rewards: the completion starts with the right number (weight 1,
+configs/data/arithmetic_rewards.py: a user function loaded by path) and it starts with a digit
+at all (weight 0.5, the built-in regex_match). The mean reward climbs from ~0 within a few minutes;
 metrics.jsonl has the curve, completions.jsonl samples of what the model wrote.
 """
 
@@ -26,8 +27,8 @@ def get_config():
   c.grpo.update(
       num_generations=8, prompts_per_step=8, max_prompt_tokens=8, max_new_tokens=4, temperature=1.0,
       loss_type="dapo", epsilon_low=0.2, epsilon_high=0.28, num_iterations=1, decode_chunk=4,
-      rewards={"correct": {"function": "exact_match", "column": "answer", "weight": 1.0},
-               "digits": {"function": "configs/data/arithmetic_rewards.py:digits", "weight": 0.5}})
+      rewards={"correct": {"function": "configs/data/arithmetic_rewards.py:answer_first", "weight": 1.0},
+               "starts_with_digit": {"function": "regex_match", "pattern": r"^\d", "weight": 0.5}})
   c.checkpoint.every = 40
   c.sample.enabled = False
   return c

@@ -1,8 +1,8 @@
-"""A task-specific reward for configs/grpo_tiny.py, loaded by path
-(`grpo.rewards.digits.function = "configs/data/arithmetic_rewards.py:digits"`): partial credit
-that guides a freshly initialised model towards answers made of digits."""
+"""The task reward of configs/grpo_tiny.py, loaded by path
+(`grpo.rewards.correct.function = "configs/data/arithmetic_rewards.py:answer_first"`)."""
 
 
-def digits(prompts, completions, **columns):
-  """The share of the completion's characters that are digits (0 for an empty completion)."""
-  return [sum(ch.isdigit() for ch in c) / len(c) if c else 0.0 for c in completions]
+def answer_first(prompts, completions, answer, **columns):
+  """1.0 when the completion starts with the record's answer (what follows is ignored, so a
+  freshly initialised model need not learn to stop first), else 0.0."""
+  return [float(c.lstrip().startswith(str(a))) for c, a in zip(completions, answer)]
