@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding
+from ml_collections import ConfigDict
 
 from jaxtrain import config as config_lib
 from jaxtrain.generate.sampler import Sampler, SamplingParams
@@ -56,7 +57,10 @@ class GRPOTrainer(Trainer):
       with open(os.path.join(self.workdir, "config.json"), "w") as f:
         f.write(config_lib.to_json(cfg))
     state, data_state = self._restore_or_init()
-    memory.log_report(state, self.model_cfg, cfg, self.mesh)
+    rows, T = g.prompts_per_step * g.num_generations, g.max_prompt_tokens + g.max_new_tokens - 1
+    shape = ConfigDict(cfg.to_dict())  # the memory report at the rollout batch's shape
+    shape.train.global_batch, shape.data.seq_len = rows, T
+    memory.log_report(state, self.model_cfg, shape, self.mesh)
     start = step = int(state.step)
     self.prompts = PromptData(cfg, self.tokenizer)
     if data_state is not None:
@@ -65,7 +69,6 @@ class GRPOTrainer(Trainer):
     self.sampling = SamplingParams(max_new_tokens=g.max_new_tokens, temperature=g.temperature, top_k=g.top_k,
                                   top_p=g.top_p, n=g.num_generations, stop=tuple(g.stop))
     self.reference = self._initial_params() if g.beta else None
-    rows, T = g.prompts_per_step * g.num_generations, g.max_prompt_tokens + g.max_new_tokens - 1
     row_sharding = NamedSharding(self.mesh, logical_to_spec(("act_batch", "act_seq"), (rows, T), self.mesh))
     self.rl_sharding = {**{k: row_sharding for k in ROW_KEYS},
                         "advantages": NamedSharding(self.mesh, logical_to_spec(("act_batch",), (rows,), self.mesh))}

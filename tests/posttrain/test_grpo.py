@@ -93,3 +93,41 @@ def test_bad_reward_fails_before_compiling_with_its_name(tmp_path):
                                       "--config.grpo.rewards.correct.function=my_missing_module:score"])
   with pytest.raises(ConfigError, match=r"grpo.rewards.correct.function.*'my_missing_module:score'"):
     trainer.fit()
+
+
+def test_micro_batches_give_the_same_update():
+  """The loss aggregation (here GRPO's per-sequence mean) is computed over the whole rollout
+  batch, so accumulating over micro-batches gives the same loss, metrics and gradient (SGD
+  with lr 1: the update is the gradient)."""
+  import optax
+  from jaxtrain.models import factory
+  from jaxtrain.posttrain.config import defaults as grpo_defaults
+  from jaxtrain.posttrain.rl_step import make_grpo_step
+  from jaxtrain.train import state as state_lib
+  from jaxtrain.train.config import defaults as train_defaults
+  from jaxtrain.train.optimizer import schedule
+  cfg = tiny_moe(num_layers=1, aux_loss_weight=0.0, z_loss_weight=0.0)  # router losses are per micro-batch
+  g = grpo_defaults()
+  g.update(loss_type="grpo", num_iterations=2, beta=0.1, max_new_tokens=5, epsilon_high=0.28)
+  rng = np.random.default_rng(0)
+  prompts = [rng.integers(1, 64, n).tolist() for n in (3, 5, 2, 6)]
+  comps = [rng.integers(1, 64, n).tolist() for n in (5, 1, 4, 2)]
+  rows = training_batch(prompts, comps, 6, 5, 0)
+  rows.update(advantages=np.asarray([1.0, -0.5, 0.3, -1.2], np.float32),
+              old_logps=rng.normal(-4, 0.3, rows["mask"].shape).astype(np.float32),
+              ref_logps=rng.normal(-4, 0.3, rows["mask"].shape).astype(np.float32))
+  results = []
+  for micro in (1, 2):
+    tc = train_defaults()
+    tc.update(micro_batches=micro, warmup_steps=0)
+    tx = optax.sgd(1.0)
+    graphdef, abstract, _ = factory.abstract_model(cfg)
+    state = state_lib.init_state(state_lib.init_params(cfg, 0, None), tx, None, 0)
+    new, metrics = jax.jit(make_grpo_step(graphdef, cfg, tc, g, tx, schedule(tc)))(state, rows)
+    results.append((jax.device_get(metrics), jax.tree.leaves(new.params)))
+  (m1, p1), (m2, p2) = results
+  for key in ("loss", "grad_norm", "kl", "clip/region"):
+    np.testing.assert_allclose(m2[key], m1[key], rtol=2e-5, atol=1e-7, err_msg=key)
+  assert m1["kl"] > 0 and m1["clip/region"] > 0
+  for a, b in zip(p1, p2):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)
