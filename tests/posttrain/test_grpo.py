@@ -82,6 +82,8 @@ def test_grpo_runs_through_api_and_cli_and_resumes_exactly(tmp_path):
               "kl", "clip/region", "completion/mean_length", "rollout/tokens", "dynamic/kept_groups", "loss"):
     assert key in record, key
   assert record["kl"] > 0  # the policy moved away from the reference
+  for r in a.values():  # dynamic sampling: groups with all-equal rewards only fill what is missing
+    assert r["frac_reward_zero_std"] <= 1 - r["dynamic/kept_groups"] / 2 + 1e-9, r
   for x, y in zip(_params(full), _params(part)):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
   lines = [json.loads(s) for s in open(os.path.join(full, "completions.jsonl"))]
