@@ -77,12 +77,18 @@ def per_token_loss(logps, old_logps, ref_logps, advantages, *, epsilon_low: floa
   return loss, kl, ratio
 
 
-def clip_fractions(ratio, advantages, mask, *, epsilon_low: float, epsilon_high: float) -> dict:
-  """Shares of loss tokens whose ratio was clipped (below with A < 0, above with A > 0)."""
+def clip_counts(ratio, advantages, mask, *, epsilon_low: float, epsilon_high: float) -> dict:
+  """Loss tokens whose ratio was clipped: below with A < 0, above with A > 0 (sums, so
+  micro-batches add up)."""
   mask = mask.astype(jnp.float32)
   A = advantages[:, None]
   low = (ratio < 1 - epsilon_low) & (A < 0)
   high = (ratio > 1 + epsilon_high) & (A > 0)
-  n = jnp.maximum(jnp.sum(mask), 1.0)
-  return {"clip/low": jnp.sum(low * mask) / n, "clip/high": jnp.sum(high * mask) / n,
-          "clip/region": jnp.sum((low | high) * mask) / n}
+  return {"clip/low": jnp.sum(low * mask), "clip/high": jnp.sum(high * mask), "clip/region": jnp.sum((low | high) * mask)}
+
+
+def clip_fractions(ratio, advantages, mask, *, epsilon_low: float, epsilon_high: float) -> dict:
+  """`clip_counts` as shares of the loss tokens."""
+  n = jnp.maximum(jnp.sum(mask.astype(jnp.float32)), 1.0)
+  counts = clip_counts(ratio, advantages, mask, epsilon_low=epsilon_low, epsilon_high=epsilon_high)
+  return {k: v / n for k, v in counts.items()}

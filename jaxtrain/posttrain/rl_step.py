@@ -61,11 +61,8 @@ def make_grpo_step(graphdef, model_cfg, train_cfg, grpo_cfg, tx: optax.GradientT
       loss = jnp.sum(per_token * micro["weights"])
       moe_total, _, _ = _moe_terms(aux, model_cfg)
       mask = micro["mask"].astype(jnp.float32)
-      A = micro["advantages"][:, None]
-      low = (ratio < 1 - g.epsilon_low) & (A < 0)
-      high = (ratio > 1 + g.epsilon_high) & (A > 0)
-      sums = {"kl": jnp.sum(kl * mask), "clip/low": jnp.sum(low * mask), "clip/high": jnp.sum(high * mask),
-              "clip/region": jnp.sum((low | high) * mask), "tokens": jnp.sum(mask)}
+      sums = {"kl": jnp.sum(kl * mask), "tokens": jnp.sum(mask),
+              **rl_loss.clip_counts(ratio, micro["advantages"], mask, **eps)}
       return loss + moe_total / num_micro, (loss, sums, aux)
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
