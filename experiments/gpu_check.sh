@@ -56,6 +56,10 @@ step expert_exchange 90 env JAX_PLATFORMS=cuda JAXTRAIN_PALLAS_INTERPRET=0 pytho
 step train_bench 150 python3 experiments/bench_train.py --preset gpu-moe --frameworks jaxtrain,torch-eager \
   --steps 5 --warmup 2 --timeout 70 --out "$LOGDIR"
 
+# --- issue 14: batched decoding vs transformers generate(), bf16; writes bench_sampler_gpu-moe.json ---
+step sampler_bench 120 python3 experiments/bench_sampler.py --preset gpu-moe --batch 32 --new-tokens 256 \
+  --out "$LOGDIR"
+
 # --- later sections go here ---------------------------------------------------------------------
 
 # --- summary ----------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ __version__ = "0.1.0"
 
 # Heavy imports (JAX, Orbax, Grain) happen on first use, not on `import jaxtrain`.
 _LAZY = {
-    "Trainer": "jaxtrain.train.trainer",
+    "Trainer": "jaxtrain.train.launch",  # the trainer of config.train.method
     "load_config": "jaxtrain.train.run_config",
     "defaults": "jaxtrain.train.run_config",
     "from_pretrained": "jaxtrain.converters",

@@ -50,13 +50,18 @@ def report(summary: dict, workdir: str) -> str:
   lines = [f"workdir: {workdir}"]
   if summary.get("train_loss") is not None:
     lines.append(f"final train loss: {summary['train_loss']:.4f} nats/token after {summary['steps']} steps")
+  if summary.get("rewards"):
+    r = summary["rewards"]
+    lines.append(f"mean reward:      {r[0]:.3f} at the first rollout, {r[-1]:.3f} at the last "
+                 f"(best {max(r):.3f})")
   if summary.get("eval_loss") is not None:
     line = f"held-out loss:    {summary['eval_loss']:.4f} nats/token"
     if summary.get("unigram_loss") is not None:
       line += f" (unigram baseline {summary['unigram_loss']:.4f})"
     lines.append(line)
   if summary.get("tokens_per_sec"):
-    lines.append(f"throughput:       {summary['tokens_per_sec']:,.0f} tokens/s")
+    what = "rollout tokens/s" if summary.get("rewards") else "tokens/s"
+    lines.append(f"throughput:       {summary['tokens_per_sec']:,.0f} {what}")
   if summary.get("sample") is not None:
     lines.append("sample:\n" + summary["sample"])
   return "\n".join(lines)
@@ -67,7 +72,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m jaxtrain.main") -
   from jaxtrain.config import ConfigError
   from jaxtrain.parallel import distributed
   from jaxtrain.train.run_config import load_config
-  from jaxtrain.train.trainer import Preempted, Trainer, exit_code_for
+  from jaxtrain.train.launch import Trainer
+  from jaxtrain.train.trainer import Preempted, exit_code_for
 
   args, overrides = parse_launch(sys.argv[1:] if argv is None else argv, prog)
   path = args.config

@@ -14,7 +14,7 @@ from jaxtrain.config import require
 # Where documents come from.
 KINDS = ("python_stdlib", "text", "jsonl", "parquet", "arrow", "tokens")
 # How a record becomes tokens and a loss mask.
-FORMATS = ("text", "chat", "prompt_completion", "alpaca", "preference", "vision_chat", "llava")
+FORMATS = ("text", "chat", "prompt_completion", "alpaca", "preference", "vision_chat", "llava", "prompt")
 VISION_FORMATS = ("vision_chat", "llava")  # need data.vision (a processor directory)
 IMAGE_BACKENDS = ("torchvision", "pil")
 HOLDOUTS = ("hash", "none", "all")
@@ -39,7 +39,8 @@ def source_defaults() -> ConfigDict:
       "path": "",
       # text | chat | prompt_completion | alpaca | preference (train.method=dpo) | vision_chat
       # (messages whose content lists hold text / image / video items) | llava (<image> / <video>
-      # placeholders in the text, files in the images_field / videos_field); tokens: text only.
+      # placeholders in the text, files in the images_field / videos_field) | prompt (RL prompts:
+      # `prompt_field` holds a string or chat messages; train.method=grpo only); tokens: text only.
       "format": "text",
       "weight": 1.0,  # mixing weight against the other sources (training split)
       # Held-out documents: hash = a deterministic data.eval_fraction of documents (by a hash of

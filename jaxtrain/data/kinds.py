@@ -31,6 +31,8 @@ def required_fields(entry: Any) -> tuple[list[str], list[str]]:
     return [entry.text_field], []
   if fmt == "chat":
     return [entry.messages_field], [entry.tools_field]
+  if fmt == "prompt":
+    return [entry.prompt_field], []
   if fmt == "prompt_completion":
     return [entry.prompt_field, entry.completion_field], []
   if fmt == "preference":

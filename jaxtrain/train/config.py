@@ -5,7 +5,7 @@ from __future__ import annotations
 from ml_collections import ConfigDict
 
 from jaxtrain.config import require
-from jaxtrain.posttrain.methods import OBJECTIVES
+from jaxtrain.posttrain.methods import METHODS
 
 SCHEDULES = ("cosine", "linear", "constant")
 
@@ -13,7 +13,8 @@ SCHEDULES = ("cosine", "linear", "constant")
 def defaults() -> ConfigDict:
   return ConfigDict({
       # What the run optimises (jaxtrain/posttrain/methods.py): sft = next-token cross-entropy;
-      # dpo = a pairwise preference loss (the `preference` section) on {prompt, chosen, rejected}.
+      # dpo = a pairwise preference loss (the `preference` section) on {prompt, chosen, rejected};
+      # grpo = RL from rewards on sampled completions (the `grpo` section).
       "method": "sft",
       "steps": 1000,  # optimizer steps of the run (a resumed run continues up to it)
       "global_batch": 8,  # sequences per optimizer step, over all devices and micro-batches
@@ -84,7 +85,7 @@ WANDB_MODES = ("online", "offline", "disabled")
 
 def validate(config: ConfigDict) -> None:
   t = config.train
-  require(t.method in OBJECTIVES, "train.method", f"{t.method!r} is not one of {tuple(OBJECTIVES)}")
+  require(t.method in METHODS, "train.method", f"{t.method!r} is not one of {METHODS}")
   require(t.steps >= 0, "train.steps", f"must be >= 0, got {t.steps}")
   require(t.global_batch >= 1, "train.global_batch", f"must be >= 1, got {t.global_batch}")
   require(t.micro_batches >= 1 and t.global_batch % t.micro_batches == 0, "train.micro_batches",

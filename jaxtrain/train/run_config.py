@@ -5,8 +5,8 @@ file and overrides, with `model.init_from`'s architecture resolved.
 
 (also `jaxtrain.load_config`). Sections: `model` and `kernels` (models/config.py), `data`
 (data/config.py), `mesh` (parallel/mesh.py), `train`, `eval`, `checkpoint`, `sample`,
-`logging` (train/config.py), `lora` and `preference` (posttrain/config.py), plus `workdir` and
-`seed`.
+`logging` (train/config.py), `lora` and `preference` (posttrain/config.py), `grpo`
+(posttrain/grpo_config.py), plus `workdir` and `seed`.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from jaxtrain.data import config as data_config
 from jaxtrain.models import config as model_config
 from jaxtrain.parallel import mesh as mesh_lib
 from jaxtrain.posttrain import config as posttrain_config
+from jaxtrain.posttrain import grpo_config
 from jaxtrain.train import config as train_config
 
 
@@ -39,14 +40,15 @@ def defaults() -> ConfigDict:
   c.sample = train_config.sample_defaults()
   c.lora = posttrain_config.lora_defaults()
   c.preference = posttrain_config.preference_defaults()
+  c.grpo = grpo_config.defaults()
   c.logging = train_config.logging_defaults()
   return c
 
 
 SCHEMA = config_lib.Schema(
-    defaults=defaults, open_maps=data_config.OPEN_MAPS,
+    defaults=defaults, open_maps={**data_config.OPEN_MAPS, **grpo_config.OPEN_MAPS},
     validators=(model_config.validate, data_config.validate, train_config.validate, mesh_lib.validate,
-                posttrain_config.validate))
+                posttrain_config.validate, grpo_config.validate))
 
 
 def load_config(path: str | None = None, overrides: Iterable[str] = (), *, base: Any = None,

@@ -74,7 +74,7 @@ class Trainer:
     self.tx = make_optimizer(cfg.train)
     self.lr_schedule = schedule(cfg.train)
     # What trains and what stays frozen (LoRA / QLoRA, a preference reference): posttrain/setup.py.
-    self.objective = methods.make(cfg)
+    self.objective = self._objective(cfg)
     self.plan = setup.plan(cfg, mc, self.mesh, self.objective)
     self.graphdef = self.plan.parts.graphdef
     abstract_params, abstract_model_state = self.plan.abstract_params, self.plan.abstract_model_state
@@ -92,6 +92,10 @@ class Trainer:
     if checkpoints:
       self.checkpointer = Checkpointer(checkpoint_dir(self.workdir), keep=cfg.checkpoint.keep,
                                        keep_every=cfg.checkpoint.keep_every, async_save=cfg.checkpoint.async_save)
+
+  def _objective(self, cfg):
+    """What the loop minimises (`train.method`; posttrain/methods.py)."""
+    return methods.make(cfg)
 
   def _base_params(self):
     """(the model's own parameters, model state or None), from model.init_from or the seed."""
