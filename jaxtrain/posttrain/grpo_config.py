@@ -39,8 +39,8 @@ def defaults() -> ConfigDict:
       "max_prompt_tokens": 128,  # longer prompts are an error naming the record
       "max_new_tokens": 64,  # completion budget; completions cut here count as truncated
       "temperature": 1.0,  # sampling temperature; the loss scores logits / temperature (as TRL)
-      "top_p": 1.0,
-      "top_k": 0,
+      "top_p": 1.0,  # nucleus sampling: smallest set of tokens with this much probability (1 = all)
+      "top_k": 0,  # sample among the k most likely tokens (0 = all)
       "stop": (),  # stop strings (the tokenizer's eos always stops)
       "rewards": {},
       # Advantages: reward minus its group mean, divided by the std of the group | of the
