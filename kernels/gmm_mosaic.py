@@ -66,8 +66,19 @@ def default_tiling(*, m, k, n, num_groups, dtype, transpose_rhs=False):
 
 
 def supports(lhs_dtype, rhs_dtype) -> bool:
-  """WGMMA takes 16-bit floats from shared memory; fp32 would silently become TF32."""
+  """WGMMA takes 16-bit floats from shared memory; fp32 would silently become TF32. (Inside the
+  backward pass an fp32 cotangent meets 16-bit weights: see `_compute_dtype`.)"""
   return jnp.dtype(lhs_dtype) in DTYPES and jnp.dtype(rhs_dtype) in DTYPES
+
+
+def _compute_dtype(a, b):
+  """The 16-bit dtype both operands are multiplied in: an fp32 operand (in the backward pass, the
+  cotangent of an fp32 output) is rounded to its partner's 16-bit type, as mixed-precision
+  training does; WGMMA would otherwise read fp32 as TF32, with twice the shared memory."""
+  for dtype in (jnp.dtype(a.dtype), jnp.dtype(b.dtype)):
+    if dtype in DTYPES:
+      return dtype
+  raise TypeError(f"Mosaic GPU grouped matmul needs a 16-bit operand, got {a.dtype} and {b.dtype}")
 
 
 def _swizzled(shape, dtype):
@@ -203,7 +214,7 @@ def _gmm_call(lhs, rhs, group_sizes, *, transpose_rhs, out_dtype, tiling, interp
   m, k = lhs.shape
   g = rhs.shape[0]
   n = rhs.shape[1] if transpose_rhs else rhs.shape[2]
-  dtype = jnp.promote_types(lhs.dtype, rhs.dtype)
+  dtype = _compute_dtype(lhs, rhs)
   if tiling is None:
     tiling = pb.choose("gmm_mosaic", default_tiling, (m, k, n, g, jnp.dtype(dtype).name, transpose_rhs),
                        m=m, k=k, n=n, num_groups=g, dtype=dtype, transpose_rhs=transpose_rhs)
@@ -297,7 +308,7 @@ def _tgmm_call(lhs, grad, group_sizes, *, num_groups, out_dtype, tiling, interpr
   m, k = lhs.shape
   n = grad.shape[1]
   g = group_sizes.shape[0] if num_groups is None else num_groups
-  dtype = jnp.promote_types(lhs.dtype, grad.dtype)
+  dtype = _compute_dtype(lhs, grad)
   if tiling is None:
     tiling = pb.choose("tgmm_mosaic", default_tiling, (m, k, n, g, jnp.dtype(dtype).name),
                        m=m, k=k, n=n, num_groups=g, dtype=dtype)

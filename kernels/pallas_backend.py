@@ -138,7 +138,8 @@ def mosaic_interpret_params():
   """Parameters that run a Mosaic GPU kernel in Pallas' GPU interpreter (any backend: shared
   memory, TMA copies, barriers and WGMMA simulated on the host), or None where this JAX has no
   GPU interpreter. The public name is used where it exists (JAX >= 0.11), else the one JAX
-  0.10 ships under `jax._src`."""
+  0.10 ships under `jax._src`. Reads past the end of an array return zeros, as TMA loads do on
+  the GPU (the kernels rely on it for the last row tile)."""
   plgpu = mosaic_gpu_module()
   cls = getattr(plgpu, "InterpretParams", None) if plgpu is not None else None
   if cls is None:
@@ -146,7 +147,7 @@ def mosaic_interpret_params():
       from jax._src.pallas.mosaic_gpu.interpret.params import InterpretGPUParams as cls
     except ImportError:
       return None
-  return cls()
+  return cls(out_of_bounds_reads="uninitialized", uninitialized_memory="zero")
 
 
 def mosaic_kernel_kwargs(*, interpret: bool | None = None) -> dict:

@@ -39,15 +39,24 @@ INSTALL_HINT = ("install the optional extra: pip install 'jaxtrain[tokamax]' (to
 
 def installed() -> bool:
   """Whether `tokamax` can be imported (without importing it)."""
-  return importlib.util.find_spec("tokamax") is not None
+  try:
+    return importlib.util.find_spec("tokamax") is not None
+  except (ImportError, ValueError):
+    return False
 
 
 def _import(name: str = "tokamax"):
   try:
-    return importlib.import_module(name)
+    module = importlib.import_module(name)
   except ImportError as e:
     raise ImportError(f"kernels impl 'tokamax' needs the tokamax package, which cannot be imported here "
                       f"({type(e).__name__}: {e}); {INSTALL_HINT}") from e
+  # tokamax reads its options as absl flags and parses sys.argv the first time one is read, which
+  # fails on any other program's arguments (ours: --config ...); its defaults are what we want.
+  from absl import flags
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()
+  return module
 
 
 def _dims(contract, lhs_ragged=(0,), rhs_group=(0,)):

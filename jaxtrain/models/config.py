@@ -9,6 +9,7 @@ from typing import Any
 from ml_collections import ConfigDict
 
 from jaxtrain import kernels
+from jaxtrain.kernels import tokamax_ops
 from jaxtrain.config import require
 
 REMAT_POLICIES = ("none", "full", "save_dots", "save_attention_out")
@@ -276,3 +277,5 @@ def validate(config: ConfigDict) -> None:
   for key in ("attention", "gmm"):
     require(config.kernels[key] in kernels.implementations(key), f"kernels.{key}",
             f"{config.kernels[key]!r} is not one of {kernels.implementations(key)}")
+    require(config.kernels[key] != "tokamax" or tokamax_ops.installed(), f"kernels.{key}",
+            f"'tokamax' needs the tokamax package, which is not installed; {tokamax_ops.INSTALL_HINT}")
