@@ -31,5 +31,10 @@ AUTO: dict[str, list[tuple[str, str, str]]] = {
         ("gpu", "*", "pallas"),
         ("*", "*", "chunked"),
     ],
+    # FP8 GEMMs: real FP8 dot_general where the hardware has it; the exact emulation elsewhere.
+    "fp8": [
+        ("gpu", "*", "native"),
+        ("*", "*", "emulated"),
+    ],
 }
 AUTO["tgmm"] = AUTO["gmm"]

@@ -112,10 +112,14 @@ class ModelConfig:
   # Numerics and memory.
   dtype: str = "float32"  # compute dtype; params stay in param_dtype (fp32 masters)
   param_dtype: str = "float32"
+  # FP8 (e4m3) GEMMs with 1x128 activation / 128x128 weight scaling (DeepSeek-V3) for the dense
+  # projections and the experts; norms, attention core, router, embeddings and head stay in `dtype`.
+  fp8: bool = False
   remat: str = "none"
   # Kernel choices travel with the model so modules need no global state (from `kernels.*`).
   attention_impl: str = "auto"
   gmm_impl: str = "auto"
+  fp8_impl: str = "auto"
 
   @classmethod
   def from_config(cls, model: Any, kernels: Any = None) -> "ModelConfig":
@@ -128,6 +132,7 @@ class ModelConfig:
     if kernels is not None:
       values["attention_impl"] = kernels["attention"]
       values["gmm_impl"] = kernels["gmm"]
+      values["fp8_impl"] = kernels.get("fp8", "auto")
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = set(values) - known
     if unknown:
@@ -140,6 +145,11 @@ class ModelConfig:
   @property
   def resolved_head_dim(self) -> int:
     return self.head_dim or self.hidden_size // self.num_heads
+
+  @property
+  def fp8_gemms(self) -> str | None:
+    """The FP8 implementation the projections use, or None (compute dtype GEMMs)."""
+    return self.fp8_impl if self.fp8 else None
 
   @property
   def rope_dim(self) -> int:
@@ -198,7 +208,7 @@ class ModelConfig:
     raise IndexError(f"layer {index} out of range for {self.num_layers} layers")
 
 
-_FROM_KERNELS_SECTION = ("attention_impl", "gmm_impl")
+_FROM_KERNELS_SECTION = ("attention_impl", "gmm_impl", "fp8_impl")
 
 
 def rope_defaults() -> ConfigDict:
@@ -217,7 +227,11 @@ def defaults() -> ConfigDict:
 
 def kernels_defaults() -> ConfigDict:
   """The `kernels` section: the implementation of each heavy op (see `jaxtrain.kernels`)."""
-  return ConfigDict({"attention": "auto", "gmm": "auto"})
+  return ConfigDict({
+      "attention": "auto",
+      "gmm": "auto",
+      "fp8": "auto",  # model.fp8 GEMMs: "emulated" (quantize, dequantize, fp32 matmul), "native" (GPU FP8)
+  })
 
 
 def validate(config: ConfigDict) -> None:
@@ -274,7 +288,9 @@ def validate(config: ConfigDict) -> None:
     require(not bad, "model.layer_types", f"unknown layer types {bad}; known: {LAYER_TYPES}")
     require("sliding_attention" not in m.layer_types or m.sliding_window > 0, "model.sliding_window",
             "sliding_attention layers need sliding_window > 0")
-  for key in ("attention", "gmm"):
+  require(not m.fp8 or m.moe_impl == "dropless", "model.fp8",
+          f"FP8 expert GEMMs run through the dropless grouped matmul; moe_impl={m.moe_impl!r} is not supported")
+  for key in ("attention", "gmm", "fp8"):
     require(config.kernels[key] in kernels.implementations(key), f"kernels.{key}",
             f"{config.kernels[key]!r} is not one of {kernels.implementations(key)}")
     require(config.kernels[key] != "tokamax" or tokamax_ops.installed(), f"kernels.{key}",

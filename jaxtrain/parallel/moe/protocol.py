@@ -49,6 +49,7 @@ class ExpertFFN:
   gate_up_bias: jax.Array | None = None
   glu: Callable | None = None
   checked: bool = False
+  fp8: str | None = None  # FP8 GEMMs through this `kernels.fp8` implementation (None: compute dtype)
 
   @property
   def num_experts(self) -> int:
@@ -62,11 +63,16 @@ class ExpertFFN:
     rows, gate_up, down, bias = col.match_varying(rows, self.gate_up, self.down, self.gate_up_bias,
                                                   checked=self.checked)
     X, E, _, I = gate_up.shape
-    h = kernels.gmm(rows, gate_up.reshape(X, E, 2 * I), group_sizes, impl=self.impl).reshape(-1, 2, I)
+    h = self._gmm(rows, gate_up.reshape(X, E, 2 * I), group_sizes).reshape(-1, 2, I)
     if bias is not None:
       row_expert = jnp.searchsorted(jnp.cumsum(group_sizes), jnp.arange(h.shape[0]), side="right")
       h = h + jnp.take(bias, jnp.minimum(row_expert, X - 1), axis=0).astype(h.dtype)
-    return kernels.gmm(gated(h, self.act, self.glu), down, group_sizes, impl=self.impl)
+    return self._gmm(gated(h, self.act, self.glu), down, group_sizes)
+
+  def _gmm(self, rows, w, group_sizes):
+    if self.fp8 is None:
+      return kernels.gmm(rows, w, group_sizes, impl=self.impl)
+    return kernels.fp8.gmm(rows, w, group_sizes, gmm_impl=self.impl, impl=self.fp8)
 
 
 class Dispatcher(Protocol):

@@ -68,7 +68,8 @@ def resolve_exchange(exchange: str, backend: str | None = None) -> str:
   return exchange
 
 
-def select(exchange: str, impl: str, layout: Layout | None, *, backend: str | None = None) -> Dispatcher:
+def select(exchange: str, impl: str, layout: Layout | None, *, backend: str | None = None,
+           fp8: bool = False) -> Dispatcher:
   """The dispatcher for one MoE call.
 
   `layout` (sharded.layout) None: this device's view, where the grouped-matmul impl decides:
@@ -77,10 +78,11 @@ def select(exchange: str, impl: str, layout: Layout | None, *, backend: str | No
   Otherwise a shard_map (ExpertParallel) around LocalSorted when the experts are not split (or
   "auto" over a size-1 expert axis), else around the exchange `exchange` resolves to on
   `backend` (default: the running one); there the per-device compute is always the grouped
-  matmul (`impl` "blocked" = `gmm_blocked`). The gmm kernel resolves for the running backend."""
+  matmul (`impl` "blocked" = `gmm_blocked`). The gmm kernel resolves for the running backend.
+  `fp8`: FP8 expert GEMMs, which run through the grouped matmul, so never LocalBlocks."""
   check_exchange(exchange)
   if layout is None:
-    return LocalBlocks() if kernels.resolve("gmm", impl)[0] == "blocked" else LocalSorted()
+    return LocalBlocks() if kernels.resolve("gmm", impl)[0] == "blocked" and not fp8 else LocalSorted()
   checked = col.checks_vma("gmm", impl)
   if not layout.ep_axes or (exchange == "auto" and layout.ep_size == 1):
     return ExpertParallel(LocalSorted(), layout, checked)
