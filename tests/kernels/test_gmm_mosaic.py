@@ -74,9 +74,8 @@ def test_mosaic_tgmm_fp32_output_and_all_rows_used():
   lhs = jnp.asarray(rng.normal(size=(m, k)), jnp.bfloat16)
   grad = jnp.asarray(rng.normal(size=(m, n)), jnp.bfloat16)
   group_sizes = jnp.asarray(sizes, jnp.int32)
-  with interpret_mode(True):
-    got = jax.jit(lambda a, b, s: tgmm_mosaic(a, b, s, preferred_element_type=jnp.float32, tiling=SMALL),
-                  compiler_options=FAST_COMPILE)(lhs, grad, group_sizes)
+  got = jax.jit(lambda a, b, s: tgmm_mosaic(a, b, s, preferred_element_type=jnp.float32, tiling=SMALL),
+                compiler_options=FAST_COMPILE)(lhs, grad, group_sizes)
   assert got.dtype == jnp.float32
   exact = tgmm_reference(lhs.astype(jnp.float32), grad.astype(jnp.float32), group_sizes)  # bf16 is exact in fp32
   assert_close(got, exact, jnp.float32)
