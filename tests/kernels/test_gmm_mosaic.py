@@ -32,10 +32,11 @@ pytestmark = pytest.mark.skipif(pallas_backend.mosaic_interpret_params() is None
                                 reason="this JAX has no Mosaic GPU interpreter")
 
 SMALL = MosaicGmmTiling(block_m=64, block_n=64, block_k=64, block_k_out=64, max_concurrent_steps=2, num_sms=3)
-# m = 200 rows in 64-row tiles: group 0 and the start of group 2 share tile 0, group 2 spans three
-# tiles, tile 2 holds the end of group 2, groups 3, 4 and 5 and the first padding rows (sum 170),
-# tile 3 is padding only, groups 1 and 6 are empty.
-SIZES = [50, 0, 90, 3, 1, 26, 0]
+# m = 136 rows in 64-row tiles: group 0 and the start of group 2 share tile 0, group 2 spans two
+# tiles, tile 1 holds the end of group 2, groups 3, 4 and 5 and the first padding rows (sum 120),
+# tile 2 is padding only, groups 1 and 6 are empty.
+M = 136
+SIZES = [30, 0, 60, 3, 1, 26, 0]
 
 
 def value_and_grads(fn, transpose_rhs):
@@ -50,7 +51,7 @@ def value_and_grads(fn, transpose_rhs):
 def test_mosaic_gmm_forward_and_grads(transpose_rhs):
   """Forward with small tiles on 3 programs; the backward (an input-gradient gmm with the other
   rhs layout and the ragged-contracting tgmm) with the default 128-wide tiles."""
-  m, k, n = 200, 64, 128
+  m, k, n = M, 64, 64
   lhs, rhs, cot = make(m, k, n, len(SIZES), jnp.bfloat16, transpose_rhs, seed=3)
   group_sizes = jnp.asarray(SIZES, jnp.int32)
   got = value_and_grads(lambda *a, **kw: gmm_mosaic(*a, tiling=SMALL, **kw), transpose_rhs)(lhs, rhs, group_sizes, cot)
@@ -83,7 +84,7 @@ def test_mosaic_tgmm_fp32_output_and_all_rows_used():
 
 
 def test_work_items_cover_every_row_once():
-  m, bm = 200, 64
+  m, bm = M, 64
   piece, tile, lo, count = (np.asarray(x) for x in work_items(jnp.asarray(SIZES, jnp.int32), m, bm))
   assert len(piece) == -(-m // bm) + len(SIZES), "static bound: row tiles + groups"
   owner = np.full(m, -1)
