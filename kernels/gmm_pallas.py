@@ -1,5 +1,6 @@
-"""Pallas grouped matmul: `gmm` (expert forward / input gradient) and `tgmm` (weight gradient),
-tied together with `jax.custom_vjp`.
+"""Pallas grouped matmul on the Triton backend (any CUDA GPU; the fallback before Hopper, on
+Blackwell and on JAX 0.10; `gmm_mosaic` is the Hopper kernel): `gmm` (expert forward / input
+gradient) and `tgmm` (weight gradient), tied together by the custom VJP of `gmm_autodiff`.
 
 Layout and grid. Rows of `lhs` are cut into fixed tiles of `tm` rows (tile i covers rows
 [i*tm, (i+1)*tm)); the grid is static: (row tiles, column tiles) for gmm, (groups, k tiles,
