@@ -70,7 +70,7 @@ assert jax.default_backend() == 'gpu', 'no GPU backend'"
 # --- kernels: the CI tests compiled instead of interpreted (Mosaic GPU gmm on sm_90, Triton gmm and
 # flash attention, FP8 GEMMs, tokamax adapter), plus the compiled_only realistic shapes.
 # JAX_PLATFORMS=cuda: tests/conftest.py defaults JAX_PLATFORMS to cpu for CI.
-step kernels_tests 100 env JAX_PLATFORMS=cuda JAXTRAIN_PALLAS_INTERPRET=0 python3 -m pytest tests/kernels -q -x -rfEs \
+step kernels_tests 100 env JAX_PLATFORMS=cuda JAXTRAIN_PALLAS_INTERPRET=0 python3 -m pytest tests/kernels -q -rfEs \
   -p no:cacheprovider
 # gmm: mosaic / triton / tokamax / ragged_dot / dense of equal FLOPs at Qwen3-30B-A3B and DeepSeek-V3
 # expert shapes; attention: ours / cuDNN / tokamax / XLA at T = 4k, 8k, 32k. Writes bench_kernels.{md,json}

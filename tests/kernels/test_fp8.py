@@ -65,7 +65,9 @@ def test_weight_blocks_serve_the_transpose():
 
 def test_native_pieces_equal_the_emulation():
   """The native path (one FP8 GEMM per 128-long contraction piece, rescaled in fp32) computes the
-  same numbers as dequantize-then-multiply for all three GEMM layouts; XLA:CPU runs FP8 dots too."""
+  same numbers as dequantize-then-multiply for all three GEMM layouts; XLA:CPU runs FP8 dots too.
+  (On a GPU, FP8 tensor cores accumulate a piece with fewer than fp32's bits, the reason for the
+  128-long pieces: there the tolerance is 3e-4.)"""
   rng = np.random.default_rng(2)
   x, w, dy = heavy_tailed(rng, (64, 300)), heavy_tailed(rng, (300, 136)), heavy_tailed(rng, (64, 136))
   @jax.jit
@@ -74,7 +76,10 @@ def test_native_pieces_equal_the_emulation():
     return [(fp8._matmul_native(*c), fp8._matmul_emulated(*c)) for c in cases]
 
   for got, want in both(x, w, dy):
-    close(got, want)
+    if jax.default_backend() == "cpu":
+      close(got, want)
+    else:
+      np.testing.assert_allclose(got, want, rtol=3e-4, atol=3e-4 * float(jnp.abs(want).max()))
 
 
 def test_linear_forward_and_scaled_backward():
