@@ -10,7 +10,7 @@ from flax import nnx
 from jaxtrain import kernels
 from jaxtrain.models.adapters import delta
 from jaxtrain.models.config import ModelConfig
-from jaxtrain.models.layers import RMSNorm, cast, dtype_of, param
+from jaxtrain.models.layers import RMSNorm, cast, dtype_of, linear, param
 from jaxtrain.models.rope import apply_rope
 from jaxtrain.parallel import sequence
 from jaxtrain.parallel.rules import constrain
@@ -69,7 +69,7 @@ class Attention(nnx.Module):
 
   def _project(self, x, name):
     dtype = x.dtype
-    y = jnp.einsum("bte,ehd->bthd", x, cast(getattr(self, f"{name}_proj")[...], dtype)) + delta(self, f"{name}_proj", x)
+    y = linear(x, cast(getattr(self, f"{name}_proj")[...], dtype), fp8=self.cfg.fp8_gemms) + delta(self, f"{name}_proj", x)
     if self.cfg.attention_bias:
       y = y + cast(getattr(self, f"{name}_bias")[...], dtype)
     return y
@@ -91,7 +91,7 @@ class Attention(nnx.Module):
     out, new_cache = attend(q, k, v, segment_ids, positions, cache, sliding_window=window, sinks=sinks,
                             impl=cfg.attention_impl)
     out = constrain(out, ("act_batch", "act_seq", "act_heads", None))
-    y = jnp.einsum("bthd,hde->bte", out, cast(self.o_proj[...], x.dtype)) + delta(self, "o_proj", out)
+    y = linear(out, cast(self.o_proj[...], x.dtype), contract=2, fp8=cfg.fp8_gemms) + delta(self, "o_proj", out)
     if cfg.attention_out_bias:
       y = y + cast(self.o_bias[...], x.dtype)
     return y, new_cache

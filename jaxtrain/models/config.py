@@ -9,6 +9,7 @@ from typing import Any
 from ml_collections import ConfigDict
 
 from jaxtrain import kernels
+from jaxtrain.kernels import tokamax_ops
 from jaxtrain.config import require
 
 REMAT_POLICIES = ("none", "full", "save_dots", "save_attention_out")
@@ -111,10 +112,14 @@ class ModelConfig:
   # Numerics and memory.
   dtype: str = "float32"  # compute dtype; params stay in param_dtype (fp32 masters)
   param_dtype: str = "float32"  # dtype of the stored parameters (the fp32 masters by default)
+  # FP8 (e4m3) GEMMs with 1x128 activation / 128x128 weight scaling (DeepSeek-V3) for the dense
+  # projections and the experts; norms, attention core, router, embeddings and head stay in `dtype`.
+  fp8: bool = False
   remat: str = "none"  # rematerialisation per layer: none | full | save_dots | save_attention_out
   # Kernel choices travel with the model so modules need no global state (from `kernels.*`).
   attention_impl: str = "auto"
   gmm_impl: str = "auto"
+  fp8_impl: str = "auto"
 
   @classmethod
   def from_config(cls, model: Any, kernels: Any = None) -> "ModelConfig":
@@ -127,6 +132,7 @@ class ModelConfig:
     if kernels is not None:
       values["attention_impl"] = kernels["attention"]
       values["gmm_impl"] = kernels["gmm"]
+      values["fp8_impl"] = kernels.get("fp8", "auto")
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = set(values) - known
     if unknown:
@@ -139,6 +145,11 @@ class ModelConfig:
   @property
   def resolved_head_dim(self) -> int:
     return self.head_dim or self.hidden_size // self.num_heads
+
+  @property
+  def fp8_gemms(self) -> str | None:
+    """The FP8 implementation the projections use, or None (compute dtype GEMMs)."""
+    return self.fp8_impl if self.fp8 else None
 
   @property
   def rope_dim(self) -> int:
@@ -197,7 +208,7 @@ class ModelConfig:
     raise IndexError(f"layer {index} out of range for {self.num_layers} layers")
 
 
-_FROM_KERNELS_SECTION = ("attention_impl", "gmm_impl")
+_FROM_KERNELS_SECTION = ("attention_impl", "gmm_impl", "fp8_impl")
 
 
 def rope_defaults() -> ConfigDict:
@@ -222,6 +233,8 @@ def kernels_defaults() -> ConfigDict:
   return ConfigDict({
       "attention": "auto",  # xla | pallas | cudnn | chunked | auto (measured best for the platform)
       "gmm": "auto",  # MoE grouped matmul: xla (ragged_dot) | blocked | pallas | auto
+      # model.fp8 GEMMs: emulated (quantize, dequantize, fp32 matmul; any backend) | native (GPU FP8) | auto
+      "fp8": "auto",
   })
 
 
@@ -279,6 +292,10 @@ def validate(config: ConfigDict) -> None:
     require(not bad, "model.layer_types", f"unknown layer types {bad}; known: {LAYER_TYPES}")
     require("sliding_attention" not in m.layer_types or m.sliding_window > 0, "model.sliding_window",
             "sliding_attention layers need sliding_window > 0")
-  for key in ("attention", "gmm"):
+  require(not m.fp8 or m.moe_impl == "dropless", "model.fp8",
+          f"FP8 expert GEMMs run through the dropless grouped matmul; moe_impl={m.moe_impl!r} is not supported")
+  for key in ("attention", "gmm", "fp8"):
     require(config.kernels[key] in kernels.implementations(key), f"kernels.{key}",
             f"{config.kernels[key]!r} is not one of {kernels.implementations(key)}")
+    require(config.kernels[key] != "tokamax" or tokamax_ops.installed(), f"kernels.{key}",
+            f"'tokamax' needs the tokamax package, which is not installed; {tokamax_ops.INSTALL_HINT}")

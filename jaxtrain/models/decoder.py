@@ -49,7 +49,7 @@ class Block(nnx.Module):
       self.moe = MoE(cfg, rngs=rngs)
     else:
       self.mlp = MLP(E, cfg.intermediate_size, act=cfg.activation, std=cfg.initializer_range, param_dtype=pd,
-                     rngs=rngs)
+                     rngs=rngs, fp8=cfg.fp8_gemms)
 
   def __call__(self, x, cos, sin, segment_ids, positions, cache):
     h, cache = self.attn(self.input_norm(x), cos, sin, segment_ids, positions=positions, cache=cache)

@@ -119,7 +119,7 @@ class MoE(nnx.Module):
       self.down_bias = param(None, (X, E), ("expert", "embed"), init="zeros", dtype=pd)
     if cfg.shared_expert_intermediate_size:
       self.shared = MLP(E, cfg.shared_expert_intermediate_size, act=cfg.activation, std=std,
-                        param_dtype=cfg.param_dtype, rngs=rngs)
+                        param_dtype=cfg.param_dtype, rngs=rngs, fp8=cfg.fp8_gemms)
       if cfg.shared_expert_gate:
         self.shared_gate = param(rngs, (E, 1), ("embed", None), std=std, dtype=pd)
 
@@ -144,7 +144,7 @@ class MoE(nnx.Module):
     out, load, dropped = routed_experts(
         tokens, ids, weights, valid, cast(self.gate_up[...], x.dtype), cast(self.down[...], x.dtype),
         act=activation(cfg.activation), mode=cfg.moe_impl, capacity_factor=cfg.capacity_factor,
-        impl=cfg.gmm_impl, **extra)
+        impl=cfg.gmm_impl, fp8=cfg.fp8_gemms, **extra)
     y = out.reshape(B, T, E)
     if cfg.shared_expert_intermediate_size:
       shared = self.shared(x)

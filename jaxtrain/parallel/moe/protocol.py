@@ -71,6 +71,7 @@ class ExpertFFN:
   glu: Callable | None = None
   checked: bool = False
   lora: ExpertLoRA | None = None
+  fp8: str | None = None  # FP8 GEMMs through this `kernels.fp8` implementation (None: compute dtype)
 
   @property
   def num_experts(self) -> int:
@@ -85,7 +86,7 @@ class ExpertFFN:
     rows, gate_up, down, bias, *lora = col.match_varying(rows, self.gate_up, self.down, self.gate_up_bias, *lora,
                                                          checked=self.checked)
     X, E, _, I = gate_up.shape
-    gmm = lambda lhs, rhs: kernels.gmm(lhs, rhs, group_sizes, impl=self.impl)  # noqa: E731
+    gmm = lambda lhs, rhs: self._gmm(lhs, rhs, group_sizes)  # noqa: E731
     h = gmm(rows, gate_up.reshape(X, E, 2 * I))
     if lora:
       gu_a, gu_b, dn_a, dn_b = lora
@@ -99,6 +100,11 @@ class ExpertFFN:
     if lora:
       y = y + self.lora.scale * gmm(gmm(a, dn_a), dn_b)
     return y
+
+  def _gmm(self, rows, w, group_sizes):
+    if self.fp8 is None:
+      return kernels.gmm(rows, w, group_sizes, impl=self.impl)
+    return kernels.fp8.gmm(rows, w, group_sizes, gmm_impl=self.impl, impl=self.fp8)
 
 
 class Dispatcher(Protocol):
