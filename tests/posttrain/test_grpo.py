@@ -103,7 +103,7 @@ def test_micro_batches_give_the_same_update():
   with lr 1: the update is the gradient)."""
   import optax
   from jaxtrain.models import factory
-  from jaxtrain.posttrain.config import defaults as grpo_defaults
+  from jaxtrain.posttrain.grpo_config import defaults as grpo_defaults
   from jaxtrain.posttrain.rl_step import make_grpo_step
   from jaxtrain.train import state as state_lib
   from jaxtrain.train.config import defaults as train_defaults

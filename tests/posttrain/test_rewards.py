@@ -10,7 +10,7 @@ from ml_collections import ConfigDict
 
 from jaxtrain.config import ConfigError
 from jaxtrain.posttrain import rewards as R
-from jaxtrain.posttrain.config import reward_defaults
+from jaxtrain.posttrain.grpo_config import reward_defaults
 
 
 def test_builtins():
