@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
@@ -66,9 +67,12 @@ def _peak_rss_mb() -> float:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def jaxtrain_step(spec: dict):
+def jaxtrain_step(spec: dict, lora: dict | None = None):
   """The compiled jaxtrain train step for a preset spec, with its initial state and one batch:
-  `(compiled, state, batch, cfg, mesh, compile_s)`. Also used by experiments/profile_step.py."""
+  `(compiled, state, batch, cfg, mesh, compile_s)`. `lora`: the run's `lora` section (e.g.
+  `{"rank": 16, "quantize": "nf4"}`; default full fine-tuning); what trains and what stays
+  frozen is decided as in the Trainer (posttrain/setup.py). Also used by
+  experiments/profile_step.py and experiments/bench_lora.py."""
   import jax
   import jax.numpy as jnp
   import numpy as np
@@ -76,46 +80,54 @@ def jaxtrain_step(spec: dict):
   from jaxtrain.train.run_config import load_config
   from jaxtrain.models.config import ModelConfig
   from jaxtrain.parallel.mesh import make_mesh, mesh_context
+  from jaxtrain.posttrain import methods, setup
   from jaxtrain.train import state as state_lib
-  from jaxtrain.models import factory
-  from jaxtrain.parallel import rules
   from jaxtrain.train.optimizer import make_optimizer, schedule
   from jaxtrain.train.step import BATCH_KEYS, make_train_step
 
   config = load_config(base={"model": {**spec["model"], "dtype": spec["dtype"], "fp8": bool(spec.get("fp8"))},
                              "train": {"global_batch": spec["batch"], "steps": 1000, "warmup_steps": 10},
-                             "data": {"seq_len": spec["seq"]}})
+                             "data": {"seq_len": spec["seq"]}, "lora": lora or {}})
   cfg = ModelConfig.from_config(config.model, config.kernels)
   mesh = make_mesh(config.mesh)
   B, T = spec["batch"], spec["seq"]
+  objective = methods.make(config)
   with mesh_context(mesh):
-    graphdef, abstract, _ = factory.abstract_model(cfg)
-    shardings = rules.param_shardings(abstract, mesh)
+    plan = setup.plan(config, cfg, mesh, objective)
     tx = make_optimizer(config.train)
-    state_sh = state_lib.state_shardings(tx, abstract, shardings, mesh)
-    state = state_lib.init_state(state_lib.init_params(cfg, 0, shardings), tx, state_sh, 0)
+    model_state_sh = state_lib.model_state_shardings(plan.abstract_model_state, mesh)
+    state_sh = state_lib.state_shardings(tx, plan.abstract_params, plan.params_sharding, mesh, model_state_sh)
+    params, frozen = plan.split(state_lib.init_params(cfg, 0, plan.base_sharding))
+    state = state_lib.init_state(params, tx, state_sh, 0, state_lib.init_model_state(cfg, 0, model_state_sh))
+    state = state.replace(frozen=frozen)
     rng = np.random.default_rng(0)
     ids = rng.integers(0, cfg.vocab_size, (B, T + 1)).astype(np.int32)
     batch = {"input_ids": ids[:, :T], "target_ids": ids[:, 1:], "loss_mask": np.ones((B, T), np.int32),
              "segment_ids": np.ones((B, T), np.int32), "positions": np.tile(np.arange(T, dtype=np.int32), (B, 1))}
     batch = {k: jnp.asarray(batch[k]) for k in BATCH_KEYS}
-    step = jax.jit(make_train_step(graphdef, cfg, config.train, tx, schedule(config.train)), donate_argnums=(0,))
+    step = jax.jit(make_train_step(plan.parts.graphdef, cfg, config.train, tx, schedule(config.train),
+                                   objective=objective, parts=plan.parts), donate_argnums=(0,))
     t0 = time.perf_counter()
     compiled = step.lower(state, batch).compile()
     compile_s = time.perf_counter() - t0
   return compiled, state, batch, cfg, mesh, compile_s
 
 
-def run_jaxtrain(spec: dict) -> dict:
+def run_jaxtrain(spec: dict, lora: dict | None = None, name: str = "jaxtrain") -> dict:
   import jax
   import numpy as np
 
+  from jaxtrain.parallel import memory
   from jaxtrain.parallel.mesh import mesh_context
+  from jaxtrain.posttrain.qlora import QuantizedWeight
   from jaxtrain.train import flops
   from jaxtrain.train import state as state_lib
 
-  compiled, state, batch, cfg, mesh, compile_s = jaxtrain_step(spec)
+  compiled, state, batch, cfg, mesh, compile_s = jaxtrain_step(spec, lora)
   B, T = spec["batch"], spec["seq"]
+  state_bytes = sum(memory.bytes_per_device(t) for t in (state.params, state.opt_state, state.frozen))
+  weights = jax.tree.leaves((state.params, state.frozen), is_leaf=lambda x: isinstance(x, QuantizedWeight))
+  total_params = sum(math.prod(w.shape) for w in weights)  # a QLoRA base's weights counted once, not as codes
   with mesh_context(mesh):
     times, losses = [], []
     for i in range(spec["warmup"] + spec["steps"]):
@@ -133,13 +145,18 @@ def run_jaxtrain(spec: dict) -> dict:
   fpt = flops.train_flops_per_token(cfg, T)
   peak = flops.device_peak(cfg.dtype)
   tps = B * T / step_s
-  return {"framework": "jaxtrain-fp8" if spec.get("fp8") else "jaxtrain", "device": device.device_kind, "tokens_per_sec": tps, "step_ms": step_s * 1e3,
+  if spec.get("fp8") and name == "jaxtrain":
+    name = "jaxtrain-fp8"
+  return {"framework": name, "device": device.device_kind, "tokens_per_sec": tps, "step_ms": step_s * 1e3,
           "peak_mem_mb": peak_mb, "compile_s": compile_s, "mfu": flops.mfu(fpt, tps, mesh.size, peak),
-          "loss_first": losses[0], "params": state_lib.count_params(state.params),
-          "gmm": cfg.gmm_impl, "attention": cfg.attention_impl, "fp8": cfg.fp8_gemms}
+          "loss_first": losses[0], "params": total_params, "trainable": state_lib.count_params(state.params),
+          "state_mb": state_bytes / 2**20, "gmm": cfg.gmm_impl, "attention": cfg.attention_impl,
+          "fp8": cfg.fp8_gemms}
 
 
-def run_torch(spec: dict, compiled: bool) -> dict:
+def run_torch(spec: dict, compiled: bool, wrap=None, name: str | None = None) -> dict:
+  """transformers + PyTorch on the same architecture. `wrap(model) -> model` (e.g. PEFT's
+  get_peft_model) runs before the optimizer is built over the parameters that require grad."""
   import numpy as np
   import torch
   import transformers
@@ -154,9 +171,11 @@ def run_torch(spec: dict, compiled: bool) -> dict:
   device = "cuda" if torch.cuda.is_available() else "cpu"
   torch.manual_seed(0)
   model = transformers.AutoModelForCausalLM.from_config(hf_config).to(device)
+  if wrap is not None:
+    model = wrap(model)
   model.train()
-  opt = torch.optim.AdamW(model.parameters(), lr=3e-4, betas=(0.9, 0.95), weight_decay=0.1,
-                          fused=device == "cuda")
+  trainable = [p for p in model.parameters() if p.requires_grad]
+  opt = torch.optim.AdamW(trainable, lr=3e-4, betas=(0.9, 0.95), weight_decay=0.1, fused=device == "cuda")
   autocast = spec["dtype"] != "float32"
   amp_dtype = getattr(torch, spec["dtype"]) if autocast else None
   B, T = spec["batch"], spec["seq"]
@@ -168,7 +187,7 @@ def run_torch(spec: dict, compiled: bool) -> dict:
       logits = model(input_ids=inputs).logits
     loss = torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1))
     loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    torch.nn.utils.clip_grad_norm_(trainable, 1.0)
     opt.step()
     opt.zero_grad(set_to_none=True)
     return loss
@@ -188,11 +207,14 @@ def run_torch(spec: dict, compiled: bool) -> dict:
       times.append(time.perf_counter() - t0)
   step_s = float(np.median(times))
   peak_mb = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else _peak_rss_mb()
-  return {"framework": "torch-compile" if compiled else "torch-eager",
+  state_bytes = sum(p.numel() * p.element_size() for p in model.parameters()) + sum(
+      t.numel() * t.element_size() for s in opt.state.values() for t in s.values() if torch.is_tensor(t))
+  return {"framework": name or ("torch-compile" if compiled else "torch-eager"),
           "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
           "tokens_per_sec": B * T / step_s, "step_ms": step_s * 1e3, "peak_mem_mb": peak_mb,
           "compile_s": compile_s, "mfu": None, "loss_first": loss,
-          "params": sum(p.numel() for p in model.parameters()),
+          "params": sum(p.numel() for p in model.parameters()), "trainable": sum(p.numel() for p in trainable),
+          "state_mb": state_bytes / 2**20,
           "attention": getattr(hf_config, "_attn_implementation", None), "torch_threads": torch.get_num_threads()}
 
 

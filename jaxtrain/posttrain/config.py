@@ -33,6 +33,9 @@ def preference_defaults() -> ConfigDict:
       "beta": 0.1,  # strength of the implicit KL penalty (DPO beta; SimPO / ORPO: their beta / lambda)
       "label_smoothing": 0.0,  # sigmoid (conservative DPO) and robust: assumed label-flip rate
       "simpo_gamma": 0.5,  # SimPO target reward margin
+      # orpo: the NLL term covers the chosen prompt + completion (TRL, the ORPO authors' code);
+      # false: the chosen completion only. Either way a mean over the batch's chosen tokens.
+      "orpo_prompt_nll": True,
       # base: the frozen starting model (with LoRA: the base with adapters disabled, no copy);
       # precomputed: the records' data.sources.*.ref_chosen_field / ref_rejected_field values.
       "reference": "base",
@@ -53,4 +56,6 @@ def validate(config: ConfigDict) -> None:
   require(pc.beta > 0, "preference.beta", f"must be > 0, got {pc.beta}")
   require(0 <= pc.label_smoothing < 0.5, "preference.label_smoothing",
           f"must be in [0, 0.5), got {pc.label_smoothing}")
+  require(isinstance(pc.orpo_prompt_nll, bool), "preference.orpo_prompt_nll",
+          f"must be true or false, got {pc.orpo_prompt_nll!r}")
   require(pc.reference in REFERENCES, "preference.reference", f"{pc.reference!r} is not one of {REFERENCES}")

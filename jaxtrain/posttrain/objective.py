@@ -11,7 +11,9 @@ the trainer (train/trainer.py, train/step.py) does the rest the same way for eve
   (micro-)batch, and `normalizer(batch)` the global count it is divided by (loss tokens for
   SFT, pairs for preference losses), taken over the whole batch before it is split into
   micro-batches, so accumulation gives the same value as one big batch. Every entry of
-  `metric_sums` is divided by the same normalizer and logged;
+  `metric_sums` is divided by the same normalizer and logged. A loss with a term normalised by
+  another global count (ORPO's NLL: chosen tokens, not pairs) gets it from `totals(batch)`,
+  also taken over the whole batch and handed to `loss` as `Forward.totals`;
 - what it needs from the model: `Forward` (built by the train step) gives per-token
   log-probabilities of the targets under the policy being trained and, when
   `needs_reference()` is true, under the frozen reference (the base model with LoRA adapters disabled, or
@@ -46,9 +48,11 @@ class Forward:
   MoE aux statistics) under the parameters being trained; differentiable. `reference(batch)`
   -> the same log-probabilities under the frozen reference (no gradient), or None when the
   run has no reference. Batches may carry extra leading dimensions (e.g. `[pairs, 2, T]`):
-  the last dimension is time."""
+  the last dimension is time. `totals`: the objective's `totals(batch)` of the whole (global)
+  batch, computed before it is split into micro-batches."""
   policy: Callable[[dict], tuple[Any, dict]]
   reference: Callable[[dict], Any] | None = None
+  totals: dict = dataclasses.field(default_factory=dict)
 
 
 CONTRACT = ("input_ids", "target_ids", "loss_mask", "segment_ids", "positions")
@@ -77,6 +81,10 @@ class Objective:
 
   def normalizer(self, batch):
     return jnp.maximum(jnp.sum(batch["loss_mask"]).astype(jnp.float32), 1.0)
+
+  def totals(self, batch) -> dict:
+    """Whole-batch counts `loss` needs besides the normalizer (handed over as `Forward.totals`)."""
+    return {}
 
   def loss(self, fwd: Forward, batch) -> tuple[Any, dict, dict]:
     logps, aux = fwd.policy(batch)

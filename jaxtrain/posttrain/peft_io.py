@@ -254,7 +254,10 @@ def export_merged(ckpt: str, out: str, *, step=None, dtype: str = "float32", for
                   max_shard_size="5GB", progress=None) -> str:
   """`export-hf --merge`: the run's base (model.init_from, or its seed's random weights) with the
   adapters folded in, as a Hugging Face directory. Under QLoRA the adapters are folded into the
-  full-precision base they were trained over the dequantized copy of."""
+  dequantized base (NF4 / int8 blocks, as the run quantized it): that is the model the adapters
+  were trained with and the one the run computed, so the export reproduces its logits; folding
+  them into the full-precision weights would add back the quantization error they learned
+  around."""
   import jax
   from jaxtrain.converters.export import _saved_hf_base, save_hf
   from jaxtrain.converters.load import load_params
@@ -266,6 +269,10 @@ def export_merged(ckpt: str, out: str, *, step=None, dtype: str = "float32", for
   else:
     seed = int(saved.get("seed", 0))
     base = jax.jit(lambda: nnx.state(factory.create(model_cfg, seed), nnx.Param))()
+  lora_section = saved.get("lora") or {}
+  if lora_section.get("quantize", "none") != "none":
+    from jaxtrain.posttrain.qlora import Quantizer
+    base = Quantizer.from_config(_Section(lora_section)).dequantized(base)
   from jaxtrain.posttrain.lora import merge
   base_cfg, files = _saved_hf_base(saved)
   return save_hf(merge(base, state, adapters.scale), model_cfg, out, dtype=dtype, base_config=base_cfg,

@@ -11,10 +11,10 @@ rewards/chosen and rewards/rejected. Definitions follow TRL (tests compare again
 - hinge: relu(1 - b D);
 - ipo: (D_c / n_c - D_r / n_r - 1 / (2b))^2, log-ratios averaged over completion tokens;
 - simpo (reference-free): sigmoid loss of b (c/n_c - r/n_r - gamma / b);
-- orpo (reference-free): NLL of the chosen completion (per-token mean) - b log s(log odds),
-  log odds = (c/n_c - r/n_r) - (log(1 - exp(c/n_c)) - log(1 - exp(r/n_r))).
-  TRL averages the NLL over all chosen tokens of the batch; here each pair's mean counts once
-  (the same when completions have equal length), which keeps the loss a mean over pairs.
+- orpo (reference-free): the odds-ratio term -b log s(log odds) per pair, log odds =
+  (c/n_c - r/n_r) - (log(1 - exp(c/n_c)) - log(1 - exp(r/n_r))). ORPO's other term, the NLL of
+  the chosen sequences, is a token mean over the whole batch (as in TRL), so the objective adds
+  it (preference_objective.py), not this per-pair function.
 
 Rewards are b times the log-ratios (reference-based) or b times the average log-probabilities
 (simpo, orpo); margins = chosen - rejected rewards; accuracy = chosen reward > rejected reward.
@@ -34,6 +34,15 @@ def log1mexp(x):
   return jnp.where(x < t, jnp.log1p(-jnp.exp(jnp.minimum(x, t))), jnp.log(-jnp.expm1(jnp.maximum(x, t))))
 
 
+def orpo_log_odds(chosen, rejected, chosen_len, rejected_len):
+  """log(odds(chosen) / odds(rejected)), odds = p / (1 - p) of the per-token average
+  probability; 0 for a padding pair (no tokens, where log(1 - p) would be -inf)."""
+  empty = (chosen_len <= 0) | (rejected_len <= 0)
+  avg_c = jnp.where(empty, -1.0, chosen / jnp.maximum(chosen_len, 1.0))
+  avg_r = jnp.where(empty, -1.0, rejected / jnp.maximum(rejected_len, 1.0))
+  return (avg_c - avg_r) - (log1mexp(avg_c) - log1mexp(avg_r))
+
+
 def pair_losses(kind: str, chosen, rejected, chosen_len, rejected_len, ref_chosen=None, ref_rejected=None, *,
                 beta: float, label_smoothing: float = 0.0, simpo_gamma: float = 0.5):
   """-> (losses [P], chosen_rewards [P], rejected_rewards [P]); all inputs [P] float32."""
@@ -44,9 +53,8 @@ def pair_losses(kind: str, chosen, rejected, chosen_len, rejected_len, ref_chose
     if kind == "simpo":
       z = beta * (avg_c - avg_r - simpo_gamma / beta)
       losses = -(1 - ls) * logsig(z) - ls * logsig(-z)
-    else:  # orpo
-      log_odds = (avg_c - avg_r) - (log1mexp(avg_c) - log1mexp(avg_r))
-      losses = -avg_c - beta * logsig(log_odds)
+    else:  # orpo: the odds-ratio term (the objective adds the NLL)
+      losses = -beta * logsig(orpo_log_odds(chosen, rejected, chosen_len, rejected_len))
     return losses, beta * avg_c, beta * avg_r
   c_ratio, r_ratio = chosen - ref_chosen, rejected - ref_rejected
   z = beta * (c_ratio - r_ratio)

@@ -123,6 +123,15 @@ class Quantizer:
     """Full-precision base (donated) -> the frozen base with its projections quantized."""
     return jax.jit(self._quantize_tree, out_shardings=shardings, donate_argnums=0)(base)
 
+  def dequantized(self, base):
+    """The base as a QLoRA model computes with it: every projection it stores quantized
+    replaced by its dequantized blocks (same shapes and dtypes as `base`)."""
+    def one(path, var):
+      b = self._block(path, var.get_value().shape)
+      return var.replace(quantize(var.get_value(), self.kind, b).dequantize()) if b else var
+
+    return jax.jit(lambda params: _map_params(one, params))(base)
+
   def abstract(self, abstract_base):
     """The quantized base's shapes and dtypes, without computing anything."""
     return jax.eval_shape(self._quantize_tree, abstract_base)

@@ -45,7 +45,8 @@ def token_logps(model, batch, *, vocab_chunk: int):
   return -losses.reshape(shape), aux
 
 
-def make_forward(parts: ModelParts, params, frozen, model_state, *, vocab_chunk: int) -> Forward:
+def make_forward(parts: ModelParts, params, frozen, model_state, *, vocab_chunk: int,
+                 totals: dict | None = None) -> Forward:
   def policy(batch):
     return token_logps(parts.policy(params, frozen, model_state), batch, vocab_chunk=vocab_chunk)
 
@@ -55,7 +56,7 @@ def make_forward(parts: ModelParts, params, frozen, model_state, *, vocab_chunk:
       logps, _ = token_logps(parts.reference(jax.lax.stop_gradient(frozen), model_state), batch,
                              vocab_chunk=vocab_chunk)
       return jax.lax.stop_gradient(logps)
-  return Forward(policy=policy, reference=reference)
+  return Forward(policy=policy, reference=reference, totals=totals or {})
 
 
 def _constrain_batch(batch, fields):
@@ -116,9 +117,10 @@ def make_train_step(graphdef, model_cfg, train_cfg, tx: optax.GradientTransforma
   def train_step(state: TrainState, batch: dict[str, Any]):
     batch = _constrain_batch(batch, fields)
     normalizer = objective.normalizer(batch)
+    totals = objective.totals(batch)
 
     def loss_fn(params, micro):
-      fwd = make_forward(parts, params, state.frozen, state.model_state, vocab_chunk=vocab_chunk)
+      fwd = make_forward(parts, params, state.frozen, state.model_state, vocab_chunk=vocab_chunk, totals=totals)
       loss_sum, aux, sums = objective.loss(fwd, micro)
       moe_total, _, _ = _moe_terms(aux, model_cfg)
       return loss_sum / normalizer + moe_total / num_micro, (loss_sum, aux, sums)
@@ -188,7 +190,7 @@ def make_eval_step(graphdef, train_cfg, *, objective: Objective | None = None, p
 
   def eval_step(params, batch, model_state=None, frozen=None):
     batch = _constrain_batch(batch, fields)
-    fwd = make_forward(parts, params, frozen, model_state, vocab_chunk=vocab_chunk)
+    fwd = make_forward(parts, params, frozen, model_state, vocab_chunk=vocab_chunk, totals=objective.totals(batch))
     loss_sum, _, _ = objective.loss(fwd, batch)
     return loss_sum, objective.normalizer(batch)
 

@@ -13,6 +13,7 @@ from jaxtrain.models import factory
 from jaxtrain.models.adapters import LoRAParam
 from jaxtrain.posttrain import lora as lora_lib
 from tests.helpers import tiny_moe
+from tests.posttrain.common import tiny_base
 
 
 def _adapters(cfg, targets=lora_lib.DEFAULT_TARGETS, rank=4):
@@ -20,14 +21,16 @@ def _adapters(cfg, targets=lora_lib.DEFAULT_TARGETS, rank=4):
                                        cfg)
 
 
-def _models(cfg, adapters, seed=0):
-  """(model with random non-zero adapters, adapters state, base params)."""
-  model = adapters.attach(factory.create(cfg, seed), seed)
-  _, ad, base, rest = nnx.split(model, LoRAParam, nnx.Param, ...)
-  keys = iter(jax.random.split(jax.random.key(7), 1000))
-  ad = jax.tree.map(lambda x: 0.3 * jax.random.normal(next(keys), x.shape, x.dtype), ad)
-  nnx.update(model, ad)
-  return model, ad, base, rest
+def _models(cfg, adapters, adapter_values=None):
+  """(model with adapters, adapters state, base params, rest); adapters random and non-zero
+  unless `adapter_values` are given."""
+  base, rest = tiny_base(cfg)
+  graphdef, ad, _, _ = nnx.split(nnx.eval_shape(lambda: adapters.attach(factory.create(cfg, 0), 0)), LoRAParam,
+                                 nnx.Param, ...)
+  if adapter_values is None:  # numpy draws: no XLA program per adapter shape
+    rng = np.random.default_rng(7)
+    adapter_values = jax.tree.map(lambda x: jnp.asarray(0.3 * rng.standard_normal(x.shape), x.dtype), ad)
+  return nnx.merge(graphdef, adapter_values, base, rest), adapter_values, base, rest
 
 
 @pytest.mark.parametrize("changes", [
@@ -53,16 +56,16 @@ def test_adapters_equal_merged_weights(changes):
 def test_new_adapters_leave_the_model_unchanged_and_train_only_themselves():
   cfg = tiny_moe(gmm_impl="xla")
   adapters = _adapters(cfg, "q_proj,v_proj,experts")
-  model = adapters.attach(factory.create(cfg, 0), 0)
-  graphdef, ad, base = nnx.split(model, LoRAParam, ...)
+  model, ad, base, rest = _models(cfg, adapters, adapters.init(0, None))  # the trainer's initial adapters
+  graphdef = nnx.graphdef(model)
   ids = jax.random.randint(jax.random.key(1), (2, 12), 0, cfg.vocab_size)
   plain_graph, _, _ = factory.abstract_model(cfg)
-  np.testing.assert_array_equal(model(ids).logits, nnx.merge(plain_graph, base)(ids).logits)
+  np.testing.assert_array_equal(model(ids).logits, nnx.merge(plain_graph, base, rest)(ids).logits)
 
   def loss(ad_):
-    return jnp.mean(nnx.merge(graphdef, ad_, base)(ids).logits ** 2)
+    return jnp.mean(nnx.merge(graphdef, ad_, base, rest)(ids).logits ** 2)
 
-  grads = jax.grad(loss)(ad)
+  grads = jax.jit(jax.grad(loss))(ad)
   b_grads = [g for p, g in nnx.to_flat_state(grads) if p[-1] == "b"]
   assert b_grads and all(float(jnp.max(jnp.abs(g.get_value()))) > 0 for g in b_grads)
 

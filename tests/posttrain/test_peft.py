@@ -6,6 +6,7 @@ directory back gives the same adapters."""
 import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
@@ -54,8 +55,8 @@ def test_adapter_loads_in_peft_with_jaxtrain_logits(tmp_path, family):
       ConfigDict({"rank": 4, "alpha": 8.0, "targets": FAMILIES[family][1], "rslora": False}), model_cfg)
   adapters.attach(model, 0)
   _, ad, _ = nnx.split(model, LoRAParam, ...)
-  keys = iter(jax.random.split(jax.random.key(3), 1000))
-  ad = jax.tree.map(lambda x: 0.2 * jax.random.normal(next(keys), x.shape, x.dtype), ad)
+  rng = np.random.default_rng(3)  # numpy draws: no XLA program per adapter shape
+  ad = jax.tree.map(lambda x: jnp.asarray(0.2 * rng.standard_normal(x.shape), x.dtype), ad)
   nnx.update(model, ad)
   ids = np.random.default_rng(0).integers(0, 96, (2, 11))
   ours = np.asarray(model(ids).logits)
@@ -67,12 +68,10 @@ def test_adapter_loads_in_peft_with_jaxtrain_logits(tmp_path, family):
   peft_model = peft.PeftModel.from_pretrained(hf, out).eval()
   with torch.no_grad():
     theirs = peft_model(torch.tensor(ids)).logits.numpy()
-    plain = hf.get_base_model()(torch.tensor(ids)).logits.numpy() if hasattr(hf, "get_base_model") else None
   np.testing.assert_allclose(ours, theirs, atol=1e-4, rtol=1e-4)
   with peft_model.disable_adapter(), torch.no_grad():
     base_logits = peft_model(torch.tensor(ids)).logits.numpy()
   assert np.max(np.abs(base_logits - theirs)) > 1e-2  # the adapters matter
-  del plain
 
   # Import: the same adapter values come back.
   flat = {p: np.asarray(v.get_value()) for p, v in nnx.to_flat_state(ad)}
