@@ -18,15 +18,15 @@ Mesh as configs/qwen3_30b_a3b_sft.py: 16 GPUs of 80 GB, expert=8 x fsdp=2. A rol
 4 KV heads x 128 x 2 (k, v) x 2 bytes = 58 GiB in all, ~3.6 GiB per device when the rows
 spread over the 16 devices (not measured yet).
 
-LoRA comes from issue 14 part A (the `lora` section: adapters on the attention projections and
-on every expert, base weights frozen, optimizer state for adapters only). The keys below are
-the ones this recipe expects from it; until that section exists the recipe runs
-full-parameter GRPO (16 bytes per parameter of optimizer state: needs the 16 GPUs as above).
+LoRA (rank 32) on the attention projections and on every routed expert; the base weights are
+frozen (optimizer state for the adapters only) and the sampler draws from the adapted model.
+beta=0 here; with beta > 0 the KL reference is the base with the adapters disabled (no copy).
+`export-hf --adapter` writes the result as a PEFT adapter, `--merge` as full weights.
 """
 
 from jaxtrain import defaults
 
-LORA = dict(rank=32, alpha=64, dropout=0.0, targets=("q_proj", "k_proj", "v_proj", "o_proj", "experts"))
+LORA = dict(rank=32, alpha=64.0, targets="q_proj,k_proj,v_proj,o_proj,experts")
 
 
 def get_config():
@@ -52,9 +52,8 @@ def get_config():
       decode_chunk=64,
       rewards={"answer": {"function": "number_match", "column": "answer", "weight": 1.0},
                "format": {"function": "format", "weight": 0.2}})
-  if "lora" in c:  # issue 14 part A
-    c.lora.update(LORA)
-    c.train.lr = 2e-5
+  c.lora.update(LORA)
+  c.train.lr = 2e-5
   c.checkpoint.update(every=20, keep=2)
   c.sample.enabled = False
   return c

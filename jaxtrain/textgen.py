@@ -7,15 +7,15 @@ and notebooks.
       print(piece, end="", flush=True)
 
 The tokenizer comes with the model: an HF directory's own files, or the tokenizer (and chat
-template) the run trained with. This is the one module that calls the sampler
-(`jaxtrain.generate.sampler.generate`); `_sample` is the seam to change when the sampler does.
+template) the run trained with. Sampling is the rollout sampler's (`jaxtrain.generate.Sampler`:
+a KV cache, prompts of any lengths in one batch, stop tokens on the device, compiled programs
+reused across calls of similar shapes); `stream` yields each compiled decoding chunk as it lands.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -25,17 +25,9 @@ from jaxtrain.converters import from_pretrained
 from jaxtrain.converters.hf_config import is_hf_dir
 from jaxtrain.converters.load import checkpoint_model_section
 from jaxtrain.data.tokenizer import Tokenizer, build_tokenizer
-from jaxtrain.generate.sampler import generate
+from jaxtrain.generate.sampler import Sampler, SamplingParams
 
 log = logging.getLogger("jaxtrain")
-
-
-def _sample(model, prompts: np.ndarray, *, max_new_tokens: int, temperature: float, top_k: int, seed: int,
-            vocab_limit: int) -> np.ndarray:
-  """`[B, P]` equal-length prompt ids -> `[B, max_new_tokens]` new ids."""
-  out = generate(model, prompts, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, seed=seed,
-                 vocab_limit=vocab_limit)
-  return np.asarray(out)[:, prompts.shape[1]:]
 
 
 def _generation_eos_ids(directory: str) -> set[int]:
@@ -90,6 +82,14 @@ class TextModel:
     self.tokenizer = tokenizer
     self.add_bos = add_bos and tokenizer.bos_id is not None
     self.stop_ids = {i for i in (tokenizer.eos_id, end_of_turn_id(tokenizer), *stop_ids) if i is not None}
+    self._samplers: dict[int, Sampler] = {}
+
+  def sampler(self, decode_chunk: int = 16) -> Sampler:
+    """The sampler of this model decoding `decode_chunk` tokens per compiled step (one each, kept)."""
+    if decode_chunk not in self._samplers:
+      self._samplers[decode_chunk] = Sampler(self.model, tokenizer=self.tokenizer, eos_ids=sorted(self.stop_ids),
+                                             vocab_limit=self.tokenizer.vocab_size, decode_chunk=decode_chunk)
+    return self._samplers[decode_chunk]
 
   @classmethod
   def load(cls, path: str, *, tokenizer: str | None = None, chat_template: str = "", dtype: str = "float32",
@@ -114,30 +114,19 @@ class TextModel:
     """Token ids of a conversation rendered with the chat template, ready for the reply."""
     return self.tokenizer.encode(self.tokenizer.apply_chat_template(messages, add_generation_prompt=True))
 
-  def _until_stop(self, ids: Sequence[int]) -> tuple[list[int], bool]:
-    for i, t in enumerate(ids):
-      if t in self.stop_ids:
-        return list(ids[:i]), True
-    return list(ids), False
+  def _drop_stop(self, ids: Sequence[int]) -> list[int]:
+    return list(ids[:-1]) if ids and ids[-1] in self.stop_ids else list(ids)
 
   # -- sampling -------------------------------------------------------------------------------
   def generate_ids(self, prompts: Sequence[Sequence[int]], *, max_new_tokens: int = 64, temperature: float = 0.8,
-                   top_k: int = 0, seed: int = 0) -> list[list[int]]:
-    """New token ids for each prompt, cut at the first stop token. Prompts of one length are
-    sampled together."""
-    results: list[list[int] | None] = [None] * len(prompts)
-    by_length: dict[int, list[int]] = {}
+                   top_k: int = 0, top_p: float = 1.0, seed: int = 0) -> list[list[int]]:
+    """New token ids for each prompt (one batch, any lengths), without the stop token."""
     for i, p in enumerate(prompts):
       if not p:
         raise ValueError(f"prompt {i} is empty (no tokens)")
-      by_length.setdefault(len(p), []).append(i)
-    for n, (length, rows) in enumerate(sorted(by_length.items())):
-      batch = np.asarray([prompts[i] for i in rows], np.int32)
-      new = _sample(self.model, batch, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
-                    seed=seed + n, vocab_limit=self.tokenizer.vocab_size)
-      for i, ids in zip(rows, new.tolist()):
-        results[i] = self._until_stop(ids)[0]
-    return results  # type: ignore[return-value]
+    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p)
+    batch = self.sampler().generate([list(p) for p in prompts], params, seed=seed)
+    return [self._drop_stop(c.token_ids) for c in batch.completions]
 
   def generate(self, prompts: Sequence[str], **sampling) -> list[str]:
     """Completions of plain-text prompts (see `generate_ids` for the sampling options)."""
@@ -145,17 +134,17 @@ class TextModel:
     return [self.tokenizer.decode(i, skip_special_tokens=True) for i in ids]
 
   def stream(self, prompt_ids: Sequence[int], *, max_new_tokens: int = 256, temperature: float = 0.8,
-             top_k: int = 0, seed: int = 0, chunk: int = 8) -> Iterator[str]:
-    """The completion of one prompt as text pieces, produced `chunk` tokens at a time (each
-    chunk continues from the prompt and every token so far); stops at a stop token."""
-    prompt, new = list(prompt_ids), []
+             top_k: int = 0, top_p: float = 1.0, seed: int = 0, chunk: int = 8) -> Iterator[str]:
+    """The completion of one prompt as text pieces, `chunk` tokens at a time (one compiled
+    decoding step each, one KV cache for the whole reply); stops at a stop token."""
+    if not prompt_ids:
+      raise ValueError("the prompt is empty (no tokens)")
+    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p)
+    new: list[int] = []
     shown = text = ""
-    for n in range(math.ceil(max_new_tokens / chunk)):
-      count = min(chunk, max_new_tokens - len(new))
-      ids = _sample(self.model, np.asarray([prompt + new], np.int32), max_new_tokens=count, temperature=temperature,
-                    top_k=top_k, seed=seed + n, vocab_limit=self.tokenizer.vocab_size)[0].tolist()
-      ids, stopped = self._until_stop(ids)
-      new += ids
+    for ids in self.sampler(chunk).stream(list(prompt_ids), params, seed=seed):
+      stopped = bool(ids) and ids[-1] in self.stop_ids
+      new += self._drop_stop(ids)
       text = self.tokenizer.decode(new, skip_special_tokens=True)
       if stopped or not text.endswith("\ufffd"):  # hold back a character whose bytes are incomplete
         yield text[len(shown):]

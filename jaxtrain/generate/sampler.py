@@ -131,6 +131,15 @@ def _decode(graphdef, states, cache, token, done, first_step, rng, temperature, 
   return tokens.T, logps.T, token, done, cache
 
 
+@dataclasses.dataclass
+class _Run:
+  """One sampling call in progress: its shapes, its chunks (a generator) and timings."""
+  shapes: dict
+  chunks: Any = None
+  prefill_seconds: float = 0.0
+  decode_steps: int = 0
+
+
 class Sampler:
   """Samples completions of token-id prompts (see the module docstring). `model` is an NNX
   model (its current weights are used unless `generate(state=...)` passes others) or a
@@ -168,6 +177,45 @@ class Sampler:
                rng: Any = None, state: Any = None) -> SampleBatch:
     """Samples `params.n` completions of every prompt (lists of token ids). `rng` (a JAX key)
     overrides `seed`."""
+    if not prompts:
+      return SampleBatch([], {"tokens": 0, "seconds": 0.0, "tokens_per_sec": 0.0})
+    t0 = time.perf_counter()
+    run = self._chunks(prompts, params, seed=seed, rng=rng, state=state)
+    out_tokens, out_logps = [], []
+    for tokens, logps, _ in run.chunks:
+      out_tokens.append(tokens)
+      out_logps.append(logps)
+    seconds = time.perf_counter() - t0
+    n, real = params.n, len(prompts) * params.n
+    ids = np.concatenate(out_tokens, axis=1)[:, :params.max_new_tokens]
+    logps = np.concatenate(out_logps, axis=1)[:, :params.max_new_tokens]
+    completions = [self._completion(r // n, ids[r], logps[r], params) for r in range(real)]
+    n_tokens = sum(len(c.token_ids) for c in completions)
+    stats = {"tokens": n_tokens, "seconds": seconds, "tokens_per_sec": n_tokens / max(seconds, 1e-9),
+             "prefill_seconds": run.prefill_seconds, "decode_steps": run.decode_steps, **run.shapes}
+    return SampleBatch(completions, stats)
+
+  def stream(self, prompt: Sequence[int], params: SamplingParams = SamplingParams(), *, seed: int = 0,
+             state: Any = None):
+    """One prompt's completion as it is decoded: lists of new token ids, one per compiled chunk
+    (the first holds the prefill's token); the last one ends with a stop token, if one came.
+    The tokens are those `generate([prompt], params, seed=seed)` draws."""
+    if params.n != 1 or params.stop:
+      raise ValueError("stream samples one completion (n=1) and stops at stop tokens only (no stop strings)")
+    stops = set(self.eos_ids) | set(params.stop_token_ids)
+    left = params.max_new_tokens
+    for tokens, _, _ in self._chunks([prompt], params, seed=seed, state=state).chunks:
+      ids = tokens[0, :left].tolist()
+      end = next((i + 1 for i, t in enumerate(ids) if t in stops), None)
+      yield ids[:end]
+      left -= len(ids)
+      if end is not None or left <= 0:
+        return
+
+  def _chunks(self, prompts, params: SamplingParams, *, seed: int = 0, rng: Any = None,
+              state: Any = None) -> "_Run":
+    """Checks the call, then returns a `_Run` whose `chunks` decode lazily: the prefill's
+    tokens `[rows, 1]`, then one `[rows, decode_chunk]` per chunk until every row is done."""
     if state is not None:
       state = (state,) if isinstance(state, nnx.State) else tuple(state)
     state = self.state if state is None else state
@@ -175,19 +223,22 @@ class Sampler:
       raise ValueError("Sampler built from a graphdef: pass the model state to generate(state=...)")
     if params.stop and self.tokenizer is None:
       raise ValueError("stop strings need a tokenizer: Sampler(model, tokenizer=...)")
-    if not prompts:
-      return SampleBatch([], {"tokens": 0, "seconds": 0.0, "tokens_per_sec": 0.0})
     for i, p in enumerate(prompts):
       if len(p) == 0:
         raise ValueError(f"prompt {i} is empty: a prompt needs at least one token (e.g. bos)")
     shapes = self.shapes([len(p) for p in prompts], params)
+    run = _Run(shapes)
+    run.chunks = self._decode_chunks(run, prompts, params, jax.random.key(seed) if rng is None else rng, state)
+    return run
+
+  def _decode_chunks(self, run: "_Run", prompts, params: SamplingParams, rng, state):
+    shapes = run.shapes
     B, P, n = shapes["batch"], shapes["prompt_len"], params.n
     tokens = np.full((B, P), self.pad_id, np.int32)
     start = np.full((B,), P, np.int32)
     for i, p in enumerate(prompts):
       tokens[i, P - len(p):] = np.asarray(p, np.int32)
       start[i] = P - len(p)
-    rng = jax.random.key(seed) if rng is None else rng
     greedy = params.temperature == 0
     filtered = not greedy and (params.top_k > 0 or params.top_p < 1)
     knobs = (jnp.float32(max(params.temperature, 1e-6)), jnp.int32(params.top_k), jnp.float32(params.top_p))
@@ -198,36 +249,29 @@ class Sampler:
     token, logp, cache = _prefill(self.graphdef, state, jnp.asarray(tokens), jnp.asarray(start), rng, *knobs, n=n,
                                   cache_len=shapes["cache_len"], **static)
     first = np.asarray(token)
-    prefill_seconds = time.perf_counter() - t0
-    rows = B * n
-    real = len(prompts) * n
-    out_tokens, out_logps = [first[:, None]], [np.asarray(logp)[:, None]]
+    run.prefill_seconds = time.perf_counter() - t0
+    rows, real = B * n, len(prompts) * n
     done = np.isin(first, np.asarray(stop_ids))
     done[real:] = True  # batch-bucket padding rows
-    stopped_by_string = np.zeros(rows, bool)
+    yield first[:, None], np.asarray(logp)[:, None], done
+    seen = [first[:, None]]
     generated, step = 1, 1
     while generated < params.max_new_tokens and not done.all():
       new, new_logp, token, done_dev, cache = _decode(
           self.graphdef, state, cache, token, jnp.asarray(done), jnp.int32(step), rng, *knobs, stop_ids,
           jnp.int32(self.pad_id), chunk=self.decode_chunk, **static)
-      out_tokens.append(np.asarray(new))
-      out_logps.append(np.asarray(new_logp))
+      new = np.asarray(new)
       done = np.array(done_dev)
       step += self.decode_chunk
       generated += self.decode_chunk
+      run.decode_steps = step - 1
       if params.stop:
-        ids = np.concatenate(out_tokens, axis=1)
+        seen.append(new)
+        ids = np.concatenate(seen, axis=1)
         for r in np.flatnonzero(~done[:real]):
           if find_stop(self.tokenizer, ids[r].tolist(), params.stop) is not None:
-            done[r] = stopped_by_string[r] = True
-    seconds = time.perf_counter() - t0
-    ids = np.concatenate(out_tokens, axis=1)[:, :params.max_new_tokens]
-    logps = np.concatenate(out_logps, axis=1)[:, :params.max_new_tokens]
-    completions = [self._completion(r // n, ids[r], logps[r], params) for r in range(real)]
-    n_tokens = sum(len(c.token_ids) for c in completions)
-    stats = {"tokens": n_tokens, "seconds": seconds, "tokens_per_sec": n_tokens / max(seconds, 1e-9),
-             "prefill_seconds": prefill_seconds, "decode_steps": step - 1, **shapes}
-    return SampleBatch(completions, stats)
+            done[r] = True
+      yield new, np.asarray(new_logp), done
 
   def _completion(self, prompt_index: int, ids: np.ndarray, logps: np.ndarray, params: SamplingParams) -> Completion:
     ids = ids.tolist()

@@ -69,8 +69,6 @@ def validate(config: ConfigDict) -> None:
               f"format 'prompt' (RL prompts) needs train.method=grpo, not {config.train.method!r}")
     return
   g = config.grpo
-  require(config.lora.rank == 0, "lora.rank", "GRPO trains full parameters for now: LoRA adapters under the "
-          "GRPO loop are not wired yet; set lora.rank=0")
   require(g.num_generations >= 2, "grpo.num_generations", f"a group needs >= 2 completions, got {g.num_generations}")
   for key in ("prompts_per_step", "num_iterations", "max_prompt_tokens", "max_new_tokens", "decode_chunk",
               "max_rollout_rounds"):

@@ -22,13 +22,18 @@ class ModelParts:
   ref_graphdef: Any = None  # None: no reference model
   frozen_in_policy: bool = False
 
-  def policy(self, params, frozen=None, model_state=None) -> nnx.Module:
+  def policy_states(self, params, frozen=None, model_state=None) -> tuple:
+    """The states `nnx.merge(graphdef, *states)` takes for the policy (what a sampler built from
+    `graphdef` is handed)."""
     states = [params]
     if self.frozen_in_policy:
       states.append(frozen)
     if model_state is not None:
       states.append(model_state)
-    return nnx.merge(self.graphdef, *states)
+    return tuple(states)
+
+  def policy(self, params, frozen=None, model_state=None) -> nnx.Module:
+    return nnx.merge(self.graphdef, *self.policy_states(params, frozen, model_state))
 
   def reference(self, frozen, model_state=None) -> nnx.Module | None:
     if self.ref_graphdef is None or frozen is None:

@@ -1,5 +1,5 @@
-"""The jitted pieces of a GRPO step: per-token log-probabilities of completions, and the policy
-update (loss of `rl_loss`, gradient accumulation over micro-batches, optimizer, MoE router
+"""The jitted pieces of a GRPO step: per-token log-probabilities of completions (under the
+policy, and under the frozen reference), and the policy update (loss of `rl_loss`, gradient accumulation over micro-batches, optimizer, MoE router
 terms as in SFT).
 
 Batch keys (`RL_KEYS`), rows `[N, T]` from `rollout.training_batch`: input_ids, target_ids,
@@ -18,31 +18,43 @@ import optax
 from flax import nnx
 
 from jaxtrain.posttrain import rl_loss
+from jaxtrain.posttrain.parts import ModelParts
 from jaxtrain.train.loss import token_losses
 from jaxtrain.train.state import TrainState
-from jaxtrain.train.step import _merge, _merge_micro_aux, _moe_terms, moe_metrics, split_micro_batches
+from jaxtrain.train.step import _merge_micro_aux, _moe_terms, moe_metrics, split_micro_batches
 
 ROW_KEYS = ("input_ids", "target_ids", "segment_ids", "positions", "mask", "old_logps", "ref_logps")
 RL_KEYS = ROW_KEYS + ("advantages",)
 
 
-def token_logps(graphdef, params, model_state, batch, *, temperature: float, vocab_chunk: int):
+def token_logps(model, batch, *, temperature: float, vocab_chunk: int):
   """log p(target) `[N, T]` under softmax(logits / temperature), and the MoE aux statistics."""
-  model = _merge(graphdef, params, model_state)
   h, aux, _ = model.hidden_states(batch["input_ids"], segment_ids=batch["segment_ids"], positions=batch["positions"])
   w = model.head_weight(h.dtype) / jnp.asarray(temperature, h.dtype)
   return -token_losses(h, w, batch["target_ids"], vocab_chunk=vocab_chunk), aux
 
 
-def make_logp_fn(graphdef, train_cfg, grpo_cfg) -> Callable:
-  def logps(params, model_state, batch):
-    return token_logps(graphdef, params, model_state, batch, temperature=grpo_cfg.temperature,
+def make_logp_fn(parts: ModelParts, train_cfg, grpo_cfg) -> Callable:
+  """`logps(params, frozen, model_state, batch)` under the policy (the LoRA base, if any, is
+  `frozen`)."""
+  def logps(params, frozen, model_state, batch):
+    return token_logps(parts.policy(params, frozen, model_state), batch, temperature=grpo_cfg.temperature,
                        vocab_chunk=train_cfg.loss_vocab_chunk)[0]
 
   return logps
 
 
-def make_grpo_step(graphdef, model_cfg, train_cfg, grpo_cfg, tx: optax.GradientTransformation,
+def make_ref_logp_fn(parts: ModelParts, train_cfg, grpo_cfg) -> Callable:
+  """`logps(frozen, model_state, batch)` under the reference: the base model over the frozen
+  arrays (LoRA: adapters disabled, no copy; full fine-tuning: the starting weights)."""
+  def logps(frozen, model_state, batch):
+    return token_logps(parts.reference(frozen, model_state), batch, temperature=grpo_cfg.temperature,
+                       vocab_chunk=train_cfg.loss_vocab_chunk)[0]
+
+  return logps
+
+
+def make_grpo_step(parts: ModelParts, model_cfg, train_cfg, grpo_cfg, tx: optax.GradientTransformation,
                    lr_schedule: Callable) -> Callable:
   g = grpo_cfg
   num_micro = train_cfg.micro_batches
@@ -53,8 +65,8 @@ def make_grpo_step(graphdef, model_cfg, train_cfg, grpo_cfg, tx: optax.GradientT
     batch = dict(batch, weights=rl_loss.token_weights(batch["mask"], g.loss_type, g.max_new_tokens))
 
     def loss_fn(params, micro):
-      logps, aux = token_logps(graphdef, params, state.model_state, micro, temperature=g.temperature,
-                               vocab_chunk=train_cfg.loss_vocab_chunk)
+      logps, aux = token_logps(parts.policy(params, state.frozen, state.model_state), micro,
+                               temperature=g.temperature, vocab_chunk=train_cfg.loss_vocab_chunk)
       old = micro["old_logps"] if use_old else jax.lax.stop_gradient(logps)
       per_token, kl, ratio = rl_loss.per_token_loss(logps, old, micro["ref_logps"], micro["advantages"], beta=g.beta,
                                                    **eps)
@@ -87,7 +99,7 @@ def make_grpo_step(graphdef, model_cfg, train_cfg, grpo_cfg, tx: optax.GradientT
                **{k: v / tokens for k, v in sums.items()}, **moe_metrics(aux)}
     model_state = state.model_state
     if model_state is not None and aux and model_cfg.has_router_state and model_cfg.router_bias_update_rate:
-      model = _merge(graphdef, state.params, model_state)
+      model = parts.policy(state.params, state.frozen, model_state)
       model.update_router_bias(jax.lax.stop_gradient(aux["load"]), model_cfg.router_bias_update_rate)
       model_state = nnx.split(model, nnx.Param, ...)[2]
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state, model_state=model_state), metrics

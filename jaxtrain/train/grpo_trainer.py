@@ -6,7 +6,12 @@ One rollout per `grpo.num_iterations` optimizer steps:
   the current weights) -> rewards (rewards.py, weighted sum, + DAPO overlong penalty) ->
   advantages (rl_loss) [-> DAPO dynamic sampling: groups with all-equal rewards are dropped and
   more prompts sampled, up to `max_rollout_rounds`] -> log-probabilities of the rollout policy
-  (num_iterations > 1) and of the reference (beta > 0; the initial weights) -> optimizer steps.
+  (num_iterations > 1) and of the reference (beta > 0) -> optimizer steps.
+
+What trains is the SFT plan (posttrain/setup.py): full parameters, or LoRA / QLoRA adapters over
+the frozen (quantized) base; the sampler runs the same policy. The reference for the KL term is
+the frozen part of the plan: under LoRA the base model over the same frozen arrays (adapters
+disabled, no copy), under full fine-tuning a copy of the starting weights.
 
 Checkpoints are the SFT format (TrainState, so export-hf works on a GRPO run) plus the prompt
 iterator's position; the sampler's key is derived from the saved `TrainState.rng` and the step,
@@ -34,7 +39,7 @@ from jaxtrain.parallel.rules import logical_to_spec
 from jaxtrain.posttrain import rl_loss
 from jaxtrain.posttrain.objective import Objective
 from jaxtrain.posttrain.rewards import load_rewards, score, soft_overlong_penalty
-from jaxtrain.posttrain.rl_step import ROW_KEYS, make_grpo_step, make_logp_fn
+from jaxtrain.posttrain.rl_step import ROW_KEYS, make_grpo_step, make_logp_fn, make_ref_logp_fn
 from jaxtrain.posttrain.rollout import PromptData, training_batch
 from jaxtrain.train import state as state_lib
 from jaxtrain.train.metrics import MetricsWriter
@@ -44,13 +49,19 @@ from jaxtrain.train.trainer import Preempted, Trainer
 log = logging.getLogger("jaxtrain")
 
 
+class RolloutObjective(Objective):
+  """GRPO builds its own rows and loss (posttrain/rl_step.py); its objective only tells the plan
+  whether to keep a frozen reference (the KL term, grpo.beta > 0)."""
+
+  def needs_reference(self) -> bool:
+    return self.config.grpo.beta > 0
+
+
 class GRPOTrainer(Trainer):
   """Runs a `train.method=grpo` config. `GRPOTrainer(config).fit()` returns a summary dict."""
 
   def _objective(self, cfg):
-    # The loop below builds its own rows and loss (posttrain/rl_step.py); the base objective
-    # only fixes what the plan trains (no preference reference: GRPO keeps its own, below).
-    return Objective(cfg)
+    return RolloutObjective(cfg)
 
   def _fit(self, cfg) -> dict[str, Any]:
     g = cfg.grpo
@@ -74,18 +85,15 @@ class GRPOTrainer(Trainer):
     self.sampler = Sampler(self.graphdef, tokenizer=self.tokenizer, decode_chunk=g.decode_chunk)
     self.sampling = SamplingParams(max_new_tokens=g.max_new_tokens, temperature=g.temperature, top_k=g.top_k,
                                   top_p=g.top_p, n=g.num_generations, stop=tuple(g.stop))
-    if g.beta:  # the initial policy, for the KL term
-      params, _, model_state = self._initial_params()
-      self.reference = (params, model_state)
-    else:
-      self.reference = None
     row_sharding = NamedSharding(self.mesh, logical_to_spec(("act_batch", "act_seq"), (rows, T), self.mesh))
     self.rl_sharding = {**{k: row_sharding for k in ROW_KEYS},
                         "advantages": NamedSharding(self.mesh, logical_to_spec(("act_batch",), (rows,), self.mesh))}
-    step_fn = jax.jit(make_grpo_step(self.graphdef, self.model_cfg, cfg.train, g, self.tx, self.lr_schedule),
+    parts = self.plan.parts
+    step_fn = jax.jit(make_grpo_step(parts, self.model_cfg, cfg.train, g, self.tx, self.lr_schedule),
                       in_shardings=(self.state_sharding, self.rl_sharding), out_shardings=(self.state_sharding, None),
                       donate_argnums=(0,))
-    self.logp_fn = jax.jit(make_logp_fn(self.graphdef, cfg.train, g))
+    self.logp_fn = jax.jit(make_logp_fn(parts, cfg.train, g))
+    self.ref_logp_fn = jax.jit(make_ref_logp_fn(parts, cfg.train, g)) if g.beta else None
     writer = MetricsWriter(self.workdir, enabled=self.is_main, resume_step=start if start else None)
     progress = Progress(cfg.train.steps, start, enabled=cfg.train.progress and self.is_main)
     summary: dict[str, Any] = {"start_step": start, "params": state_lib.count_params(state.params)}
@@ -132,7 +140,7 @@ class GRPOTrainer(Trainer):
     g = self.config.grpo
     G, K = g.num_generations, g.prompts_per_step
     key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), step)
-    states = (state.params,) if state.model_state is None else (state.params, state.model_state)
+    states = self.plan.parts.policy_states(state.params, state.frozen, state.model_state)
     kept, dropped, all_rewards = [], [], []
     t_sample = t_reward = 0.0
     tokens = 0
@@ -174,10 +182,9 @@ class GRPOTrainer(Trainer):
     zeros = jnp.zeros_like(batch["mask"], jnp.float32)
     batch["old_logps"] = batch["ref_logps"] = jax.device_put(zeros, self.rl_sharding["old_logps"])
     if g.num_iterations > 1:
-      batch["old_logps"] = self.logp_fn(state.params, state.model_state, batch)
+      batch["old_logps"] = self.logp_fn(state.params, state.frozen, state.model_state, batch)
     if g.beta:
-      ref_params, ref_state = self.reference
-      batch["ref_logps"] = self.logp_fn(ref_params, ref_state, batch)
+      batch["ref_logps"] = self.ref_logp_fn(state.frozen, state.model_state, batch)
     t_logps = time.perf_counter() - t0
     self._log_completions(step, groups)
     sampled = np.concatenate(all_rewards)

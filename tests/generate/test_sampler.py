@@ -128,3 +128,21 @@ def test_generate_wrapper_continues_every_row_exactly_max_new_tokens():
   assert out.shape == (2, 9)
   greedy = np.asarray(model(jnp.asarray(out)).logits)[:, 2:-1].argmax(-1)
   np.testing.assert_array_equal(out[:, 3:], greedy)
+
+
+def test_stream_yields_the_generate_tokens_chunk_by_chunk_and_stops():
+  model = _model()
+  params = SamplingParams(max_new_tokens=11, temperature=1.0)
+  prompt = [4, 8, 15, 16]
+  free = Sampler(model, eos_ids=(), decode_chunk=4)
+  want = free.generate([prompt], params, seed=2).completions[0].token_ids
+  pieces = list(free.stream(prompt, params, seed=2))
+  assert [len(p) for p in pieces] == [1, 4, 4, 2]  # the prefill's token, then whole chunks, cut at the budget
+  assert sum(pieces, []) == want
+  stop = want[6]  # a stop token ends the stream with it, as it ends generate's completion
+  stopped = Sampler(model, eos_ids=(stop,), decode_chunk=4)
+  pieces = list(stopped.stream(prompt, params, seed=2))
+  assert sum(pieces, []) == stopped.generate([prompt], params, seed=2).completions[0].token_ids
+  assert pieces[-1][-1] == stop and len(sum(pieces, [])) <= 7
+  with pytest.raises(ValueError, match="n=1"):
+    next(free.stream(prompt, SamplingParams(n=2)))

@@ -20,6 +20,7 @@ import jaxtrain
 from jaxtrain.config import ConfigError
 from jaxtrain.generate.sampler import Sampler, SamplingParams
 from jaxtrain.models.decoder import Decoder
+from jaxtrain.posttrain.parts import ModelParts
 from jaxtrain.posttrain.rl_step import make_logp_fn
 from jaxtrain.posttrain.rollout import training_batch
 from tests.helpers import REPO, tiny_moe, xla_flags
@@ -36,8 +37,8 @@ def test_training_rows_reproduce_the_sampler_logprobs():
   comps = out.completions
   rows = training_batch([prompts[c.prompt_index] for c in comps], [c.token_ids for c in comps], 8, 6, 0)
   graphdef, params = nnx.split(model, nnx.Param)
-  logp_fn = jax.jit(make_logp_fn(graphdef, ConfigDict({"loss_vocab_chunk": 16}), ConfigDict({"temperature": T})))
-  logps = np.asarray(logp_fn(params, None, {k: np.asarray(v) for k, v in rows.items()}))
+  logp_fn = jax.jit(make_logp_fn(ModelParts(graphdef), ConfigDict({"loss_vocab_chunk": 16}), ConfigDict({"temperature": T})))
+  logps = np.asarray(logp_fn(params, None, None, {k: np.asarray(v) for k, v in rows.items()}))
   for r, c in enumerate(comps):
     got = logps[r][rows["mask"][r] == 1]
     assert len(got) == len(c.token_ids)
@@ -125,7 +126,7 @@ def test_micro_batches_give_the_same_update():
     tx = optax.sgd(1.0)
     graphdef, abstract, _ = factory.abstract_model(cfg)
     state = state_lib.init_state(state_lib.init_params(cfg, 0, None), tx, None, 0)
-    new, metrics = jax.jit(make_grpo_step(graphdef, cfg, tc, g, tx, schedule(tc)))(state, rows)
+    new, metrics = jax.jit(make_grpo_step(ModelParts(graphdef), cfg, tc, g, tx, schedule(tc)))(state, rows)
     results.append((jax.device_get(metrics), jax.tree.leaves(new.params)))
   (m1, p1), (m2, p2) = results
   for key in ("loss", "grad_norm", "kl", "clip/region"):
@@ -133,3 +134,43 @@ def test_micro_batches_give_the_same_update():
   assert m1["kl"] > 0 and m1["clip/region"] > 0
   for a, b in zip(p1, p2):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)
+
+
+def test_grpo_trains_qlora_adapters_and_samples_with_them(tmp_path):
+  """GRPO on the LoRA plan (here QLoRA: NF4 base): only the adapters move, the base stays as
+  loaded, the KL reference is the base with adapters disabled (zero at the first step, where
+  fresh adapters add nothing), and the sampler draws from the adapted policy: the training
+  rows reproduce its log-probabilities, which differ from the reference's."""
+  from jaxtrain.posttrain.rl_step import make_ref_logp_fn
+  trainer = jaxtrain.Trainer(CONFIG, [f"--config.workdir={tmp_path}", "--config.train.steps=2",
+                                      "--config.train.log_every=1", "--config.train.progress=false",
+                                      "--config.grpo.prompts_per_step=2", "--config.grpo.num_generations=4",
+                                      "--config.grpo.beta=0.04", "--config.model.num_layers=1",
+                                      "--config.train.warmup_steps=0", "--config.lora.rank=4",
+                                      "--config.lora.quantize=nf4", "--config.lora.quant_block=16",
+                                      "--config.checkpoint.enabled=false"])
+  summary = trainer.fit()
+  assert summary["steps"] == 2
+  metrics = _metrics(str(tmp_path))
+  assert metrics[1]["kl"] == 0.0 and metrics[2]["kl"] > 0
+  state = trainer.state
+  _, frozen, _ = trainer._initial_params()
+  for a, b in zip(jax.tree.leaves(state.frozen), jax.tree.leaves(frozen)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  assert summary["params"] < sum(int(np.size(x)) for x in jax.tree.leaves(frozen)) / 4  # adapters only
+
+  parts, g = trainer.plan.parts, trainer.config.grpo
+  prompts = [[5, 9, 2], [7, 1]]
+  out = Sampler(parts.graphdef, decode_chunk=4).generate(
+      prompts, SamplingParams(max_new_tokens=4, temperature=g.temperature, n=2), seed=3,
+      state=parts.policy_states(state.params, state.frozen, state.model_state))
+  comps = out.completions
+  rows = {k: np.asarray(v) for k, v in training_batch([prompts[c.prompt_index] for c in comps],
+                                                      [c.token_ids for c in comps], 4, 4, 0).items()}
+  logps = np.asarray(jax.jit(make_logp_fn(parts, trainer.config.train, g))(state.params, state.frozen,
+                                                                          state.model_state, rows))
+  ref = np.asarray(jax.jit(make_ref_logp_fn(parts, trainer.config.train, g))(state.frozen, state.model_state, rows))
+  mask = rows["mask"] == 1
+  for r, c in enumerate(comps):
+    np.testing.assert_allclose(logps[r][mask[r]], c.logprobs, atol=2e-5)
+  assert np.abs(logps - ref)[mask].max() > 1e-4
