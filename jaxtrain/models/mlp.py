@@ -1,5 +1,6 @@
 """Gated feed-forward network (SwiGLU and friends) with gate and up projections fused into
-one matmul, optionally run over the sequence in chunks (long rows)."""
+one matmul (optionally with LoRA adapters, models/adapters.py), optionally run over the sequence
+in chunks (long rows)."""
 
 from __future__ import annotations
 
@@ -7,14 +8,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxtrain.models.layers import activation, cast, dtype_of, param
+from jaxtrain.models.adapters import delta
+from jaxtrain.models.layers import activation, cast, dtype_of, linear, param
 from jaxtrain.parallel.rules import constrain
-
-
-def gated_ffn(x, gate_up, down, act):
-  """x `[..., E]`, gate_up `[E, 2, I]`, down `[I, E]`."""
-  h = jnp.einsum("...e,eci->...ci", x, gate_up)
-  return jnp.einsum("...i,ie->...e", act(h[..., 0, :]) * h[..., 1, :], down)
 
 
 def in_chunks(fn, xs, chunk: int):
@@ -33,14 +29,21 @@ def in_chunks(fn, xs, chunk: int):
 class MLP(nnx.Module):
 
   def __init__(self, hidden_size: int, intermediate_size: int, *, act: str, std: float, param_dtype: str,
-               rngs: nnx.Rngs, chunk: int = 0):
+               rngs: nnx.Rngs, chunk: int = 0, fp8: str | None = None):
     pd = dtype_of(param_dtype)
     self.act = act
     self.chunk = chunk  # tokens of a row per chunk (0 = the whole row at once)
+    self.fp8 = fp8
     self.gate_up = param(rngs, (hidden_size, 2, intermediate_size), ("embed", None, "mlp"), std=std, dtype=pd)
     self.down = param(rngs, (intermediate_size, hidden_size), ("mlp", "embed"), std=std, dtype=pd)
 
   def __call__(self, x):
     gate_up, down, act = cast(self.gate_up[...], x.dtype), cast(self.down[...], x.dtype), activation(self.act)
-    y = in_chunks(lambda x: gated_ffn(x, gate_up, down, act), (x,), self.chunk)
+
+    def ffn(x):
+      h = linear(x, gate_up, fp8=self.fp8) + delta(self, "gate_up", x)
+      a = act(h[..., 0, :]) * h[..., 1, :]
+      return linear(a, down, fp8=self.fp8) + delta(self, "down", a)
+
+    y = in_chunks(ffn, (x,), self.chunk)
     return constrain(y, ("act_batch", "act_seq", "act_embed"))

@@ -26,6 +26,7 @@ DEFAULT_RULES: dict[str, Any] = {
     "moe_mlp": "tensor",
     "router": None,
     "lora": "fsdp",  # low-rank projection dims (MLA); fsdp when the other dim could not take it
+    "adapter_rank": None,  # the rank dimension of LoRA adapter factors (small: never split)
     # activations
     "act_batch": ("data", "fsdp", "expert"),
     "act_seq": "sequence",

@@ -18,8 +18,8 @@ import sys
 AUTO_OVERRIDES = ["--config.mesh=auto", "--config.model.remat=auto", "--config.train.micro_batches=auto"]
 
 
-def parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(prog="python -m jaxtrain.plan", description=__doc__.split("\n\n")[0])
+def parser(prog: str = "python -m jaxtrain.plan") -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
   p.add_argument("--config", required=True, help="config file (get_config()); --config.KEY=VALUE overrides follow")
   p.add_argument("--devices", type=int, default=None, help="devices in all (default: hosts x devices per node, "
                  "or this machine's devices)")
@@ -52,7 +52,7 @@ def _device(args):
   return device, n
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str = "python -m jaxtrain.plan") -> int:
   import logging
   logging.basicConfig(level=logging.WARNING, format="[jaxtrain.plan] %(message)s", stream=sys.stderr)
   from jaxtrain.config import ConfigError
@@ -62,10 +62,10 @@ def main(argv: list[str] | None = None) -> int:
   from jaxtrain.plan.workload import Workload
   from jaxtrain.train.run_config import load_config
 
-  args, rest = parser().parse_known_args(sys.argv[1:] if argv is None else argv)
+  args, rest = parser(prog).parse_known_args(sys.argv[1:] if argv is None else argv)
   bad = [r for r in rest if not r.startswith("--config.")]
   if bad:
-    parser().error(f"unrecognised arguments {bad}; overrides look like --config.data.seq_len=8192")
+    parser(prog).error(f"unrecognised arguments {bad}; overrides look like --config.data.seq_len=8192")
   try:
     written = load_config(args.config, rest, init_from_must_exist=False)
     config = written if args.as_configured else load_config(args.config, rest + AUTO_OVERRIDES,

@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from jaxtrain import kernels
+from jaxtrain.kernels.dispatch import auto_choice
 from jaxtrain.config import is_auto
 from jaxtrain.models.config import ModelConfig
 from jaxtrain.parallel.mesh import AXES
@@ -74,14 +74,16 @@ class Local:
     return self.rows * self.seq
 
 
+# The kernels' "auto" for the planned platform; the device kind is "" (any row of the platform
+# matches), since a plan is made for a platform's kind by name, not for a live device.
 def attention_impl(workload: Workload, platform: str) -> str:
   impl = workload.model.attention_impl
-  return kernels.auto_impl("attention", platform) if impl == "auto" else impl
+  return auto_choice("attention", platform, "") if impl == "auto" else impl
 
 
 def gmm_impl(workload: Workload, platform: str) -> str:
   impl = workload.model.gmm_impl
-  return kernels.auto_impl("gmm", platform) if impl == "auto" else impl
+  return auto_choice("gmm", platform, "") if impl == "auto" else impl
 
 
 def traced_model(workload: Workload, platform: str, remat: str) -> ModelConfig:

@@ -16,6 +16,7 @@ import logging
 
 import jax
 
+from jaxtrain.config import ConfigError
 from jaxtrain.plan import check_fits, has_auto, resolve_auto
 from jaxtrain.plan.hardware import GiB, local_device
 from jaxtrain.plan.memory import Memory, format_memory
@@ -30,10 +31,14 @@ def plan_run(config):
   device = local_device(devices)
   if config.train.device_memory_gib:
     device = dataclasses.replace(device, memory=config.train.device_memory_gib * GiB)
+  modeled = config.train.method == "sft" and not config.lora.rank  # full-parameter training
   if has_auto(config):
+    if not modeled:
+      raise ConfigError(f"'auto' (mesh, model.remat, train.micro_batches) plans full-parameter training only; "
+                        f"train.method={config.train.method!r} with lora.rank={config.lora.rank} needs them set")
     config, plan = resolve_auto(config, devices, device)
     predicted = plan.best.memory
-  elif config.train.check_memory:
+  elif config.train.check_memory and modeled:
     predicted = check_fits(config, devices, device)
   else:
     return config, None
