@@ -2,8 +2,8 @@
 train step, compiled for 8 simulated CPU devices; nothing is run), over dense, MoE, MLA
 (DeepSeek-style) and GPT-OSS-style models at scaled-down widths, sequence lengths 256 to 64k,
 the remat policies XLA:CPU compiles faithfully (none, full, save_dots, save_attention_out; host
-offload is a no-op on the CPU, whose host memory is its device memory) and several meshes. With --time, the cases small enough to run are also
-executed a few steps and the predicted step time (compute part) is compared with the measured one.
+offload is a no-op on the CPU, whose host memory is its device memory) and several meshes.
+(Predicted vs measured step time is not compared here yet.)
 
     python experiments/validate_plan.py                   # the table for experiments/RESULTS.md
     python experiments/validate_plan.py --only moe-fsdp8 --json
