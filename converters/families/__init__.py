@@ -9,11 +9,13 @@ checks it against transformers: defaults, config round trip, weights round trip,
 from __future__ import annotations
 
 from jaxtrain.converters.errors import ConversionError
-from jaxtrain.converters.families import deepseek_v3, gpt_oss, llama, mixtral, qwen2_moe, qwen3, qwen3_moe
+from jaxtrain.converters.families import (deepseek_v3, gpt_oss, internvl, llama, mixtral, qwen2_moe, qwen3,
+                                         qwen3_moe, qwen3_vl, qwen3_vl_moe)
 from jaxtrain.converters.family import Family
 
 FAMILIES: dict[str, Family] = {m.FAMILY.name: m.FAMILY for m in (
     qwen3, qwen3_moe, llama, mixtral, qwen2_moe, deepseek_v3, gpt_oss,  # the registry line
+    qwen3_vl, qwen3_vl_moe, internvl,  # vision-language
 )}
 ALIASES: dict[str, str] = {alias: f.name for f in FAMILIES.values() for alias in f.aliases}
 

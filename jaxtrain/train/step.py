@@ -19,10 +19,20 @@ import optax
 from flax import nnx
 
 from jaxtrain.parallel.rules import constrain
+from jaxtrain.train.freeze import stop_frozen
 from jaxtrain.train.loss import token_losses
 from jaxtrain.train.state import TrainState
 
 BATCH_KEYS = ("input_ids", "target_ids", "loss_mask", "segment_ids", "positions")
+
+
+def constrain_batch(batch):
+  """Text keys sharded by rows and sequence; other keys (a vision-language model's per-row
+  vision inputs, `train/vision_batch.py`) by rows."""
+  out = {k: constrain(batch[k], ("act_batch", "act_seq")) for k in BATCH_KEYS}
+  for k in batch.keys() - set(BATCH_KEYS):
+    out[k] = constrain(batch[k], ("act_batch",) + (None,) * (batch[k].ndim - 1))
+  return out
 
 
 def _merge(graphdef, params, model_state=None):
@@ -32,8 +42,9 @@ def _merge(graphdef, params, model_state=None):
 def _forward_loss(graphdef, params, batch, *, vocab_chunk: int, model_state=None):
   """(sum of token losses, aux stats) for one (micro-)batch."""
   model = _merge(graphdef, params, model_state)
+  extra = {k: v for k, v in batch.items() if k not in BATCH_KEYS}  # vision inputs
   h, aux, _ = model.hidden_states(batch["input_ids"], segment_ids=batch["segment_ids"],
-                                  positions=batch["positions"])
+                                  positions=batch["positions"], **extra)
   losses = token_losses(h, model.head_weight(h.dtype), batch["target_ids"], vocab_chunk=vocab_chunk)
   mask = batch["loss_mask"].astype(jnp.float32)
   return jnp.sum(losses * mask), aux
@@ -83,10 +94,11 @@ def make_train_step(graphdef, model_cfg, train_cfg, tx: optax.GradientTransforma
   vocab_chunk = train_cfg.loss_vocab_chunk
 
   def train_step(state: TrainState, batch: dict[str, Any]):
-    batch = {k: constrain(batch[k], ("act_batch", "act_seq")) for k in BATCH_KEYS}
+    batch = constrain_batch(batch)
     total_tokens = jnp.maximum(jnp.sum(batch["loss_mask"]).astype(jnp.float32), 1.0)
 
     def loss_fn(params, micro):
+      params = stop_frozen(params, model_cfg.freeze)
       loss_sum, aux = _forward_loss(graphdef, params, micro, vocab_chunk=vocab_chunk, model_state=state.model_state)
       moe_total, _, _ = _moe_terms(aux, model_cfg)
       return loss_sum / total_tokens + moe_total / num_micro, (loss_sum, aux)
@@ -148,7 +160,7 @@ def make_eval_step(graphdef, train_cfg) -> Callable:
   vocab_chunk = train_cfg.loss_vocab_chunk
 
   def eval_step(params, batch, model_state=None):
-    batch = {k: constrain(batch[k], ("act_batch", "act_seq")) for k in BATCH_KEYS}
+    batch = constrain_batch(batch)
     loss_sum, _ = _forward_loss(graphdef, params, batch, vocab_chunk=vocab_chunk, model_state=model_state)
     return loss_sum, jnp.sum(batch["loss_mask"]).astype(jnp.float32)
 

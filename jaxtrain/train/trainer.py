@@ -36,7 +36,9 @@ from jaxtrain.train.metrics import MetricsWriter
 from jaxtrain.train.optimizer import make_optimizer, schedule
 from jaxtrain.train.progress import Progress
 from jaxtrain.train.run_config import load_config
+from jaxtrain.train.freeze import with_freeze
 from jaxtrain.train.step import BATCH_KEYS, make_eval_step, make_train_step
+from jaxtrain.train.vision_batch import model_batch, model_shapes
 
 log = logging.getLogger("jaxtrain")
 
@@ -70,7 +72,7 @@ class Trainer:
       raise config_lib.ConfigError(
           f"config model.vocab_size={mc.vocab_size} is smaller than the tokenizer's vocabulary "
           f"({self.tokenizer.vocab_size} tokens, {cfg.data.tokenizer})")
-    self.tx = make_optimizer(cfg.train)
+    self.tx = with_freeze(make_optimizer(cfg.train), mc.freeze)
     self.lr_schedule = schedule(cfg.train)
     self.graphdef, abstract_params, abstract_model_state = factory.abstract_model(mc, cfg.seed)
     self.abstract_params = abstract_params
@@ -82,6 +84,12 @@ class Trainer:
     B, T = cfg.train.global_batch, cfg.data.seq_len
     spec = logical_to_spec(("act_batch", "act_seq"), (B, T), self.mesh)
     self.batch_sharding = {k: NamedSharding(self.mesh, spec) for k in BATCH_KEYS}
+    self.batch_dtypes = {k: np.int32 for k in BATCH_KEYS}
+    for k, (shape, dtype) in model_shapes(mc, B, T).items():  # a vision-language model's inputs, per row
+      axes = ("act_batch", "act_seq") if k == "rope_positions" else ("act_batch",)
+      self.batch_sharding[k] = NamedSharding(self.mesh, logical_to_spec(axes + (None,) * (len(shape) - len(axes)),
+                                                                        shape, self.mesh))
+      self.batch_dtypes[k] = dtype
     distributed.check_batch_sharding(self.batch_sharding["input_ids"], (B, T))
     self.checkpointer = Checkpointer(checkpoint_dir(self.workdir), keep=cfg.checkpoint.keep,
                                      keep_every=cfg.checkpoint.keep_every, async_save=cfg.checkpoint.async_save)
@@ -110,8 +118,9 @@ class Trainer:
     return state_lib.init_state(params, self.tx, self.state_sharding, self.config.seed, model_state), None
 
   def _device_batch(self, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
-    return {k: jax.make_array_from_process_local_data(self.batch_sharding[k], np.asarray(batch[k], np.int32))
-            for k in BATCH_KEYS}
+    batch = model_batch(self.model_cfg, batch, self.config.data.seq_len)
+    return {k: jax.make_array_from_process_local_data(self.batch_sharding[k], np.asarray(batch[k], self.batch_dtypes[k]))
+            for k in self.batch_sharding}
 
   # -- signals -------------------------------------------------------------------------------
   def _install_signal_handlers(self):
