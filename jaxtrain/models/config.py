@@ -402,8 +402,12 @@ def validate_vision(m) -> None:
     side = int(round(v.num_position_embeddings ** 0.5))
     require(side * side == v.num_position_embeddings, "model.vision.num_position_embeddings",
             f"must be a square number, got {v.num_position_embeddings}")
-    require(v.head_dim % 4 == 0, "model.vision.num_heads",
-            f"2D rotary positions need head_dim (hidden_size / num_heads = {v.head_dim}) divisible by 4")
+    head_dim = v.hidden_size // v.num_heads
+    require(head_dim % 4 == 0, "model.vision.num_heads",
+            f"2D rotary positions need head_dim (hidden_size / num_heads = {head_dim}) divisible by 4")
+    window = v.spatial_merge_size ** 2
+    require(v.row_capacity % window == 0, "model.vision.row_capacity",
+            f"{v.row_capacity} patches is not a multiple of the {window} patches one merged token takes")
     bad = [i for i in v.deepstack_layers if not 0 <= i < v.num_layers]
     require(not bad, "model.vision.deepstack_layers", f"{bad} are not tower layers (num_layers={v.num_layers})")
     require(len(v.deepstack_layers) <= m.num_layers, "model.vision.deepstack_layers",

