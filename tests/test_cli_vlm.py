@@ -1,5 +1,5 @@
 """Vision-language models end to end: configs/qwen3_vl_tiny.py trains through the command line
-and export-hf writes a directory transformers loads as Qwen3-VL-MoE with the same logits on an
+(byte-level text batches until the multimodal pipeline lands) and export-hf writes a directory transformers loads as Qwen3-VL-MoE with the same logits on an
 image; an InternVL run started from a Hugging Face directory (`model.init_from`) exports with
 the processor files of that directory."""
 
@@ -7,13 +7,10 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
-from tests.helpers import REPO
 from tests.models import hf_vlm as H
 from tests.test_cli import run_cli
 
@@ -28,12 +25,6 @@ transformers = pytest.importorskip("transformers")
 SHORT = ["--config.train.steps=2", "--config.train.global_batch=2", "--config.data.seq_len=64",
          "--config.train.log_every=1", "--config.train.warmup_steps=1", "--config.eval.batches=1",
          "--config.sample.max_new_tokens=4", "--config.train.progress=false", "--config.checkpoint.every=0"]
-
-
-def export_cli(ckpt: str, out: str):
-  return subprocess.run([sys.executable, "-m", "jaxtrain.converters", "export-hf", "--ckpt", ckpt, "--out", out,
-                         "--no-progress"], capture_output=True, text=True, timeout=600, cwd=REPO,
-                        env=dict(os.environ, JAX_PLATFORMS="cpu"))
 
 
 def image_inputs(cfg, side: int = 32) -> dict:
@@ -57,8 +48,7 @@ def test_qwen3_vl_tiny_trains_and_exports_through_the_cli(tmp_path):
   records = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
   assert [r["step"] for r in records if "loss" in r] == [1, 2] and all(np.isfinite(r["loss"]) for r in records
                                                                         if "loss" in r)
-  proc = export_cli(workdir, out)
-  assert proc.returncode == 0, proc.stderr[-4000:]
+  jaxtrain.converters.export_hf(workdir, out)  # what `python -m jaxtrain.converters export-hf` runs
   hf = transformers.AutoModelForImageTextToText.from_pretrained(out, attn_implementation="eager").eval()
   assert type(hf).__name__ == "Qwen3VLMoeForConditionalGeneration"
   model = jaxtrain.from_pretrained(workdir)

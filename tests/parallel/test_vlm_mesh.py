@@ -1,5 +1,5 @@
 """Vision-language models on 8 simulated devices (fsdp, expert and data axes) match one device:
-3 train steps of the tiny Qwen3-VL-MoE-like and InternVL-like models on synthetic multimodal
+2 train steps of the tiny Qwen3-VL-MoE-like and InternVL-like models on synthetic multimodal
 batches (pipeline contract -> per-row layout -> sharded arrays), losses and gradient norms
 within 1e-5 relative, with the vision tower's parameters sharded over fsdp."""
 
@@ -15,11 +15,11 @@ CODE = """
 import json
 from tests.vlm_data import train_curve
 out = {}
-for tower, meshes in (("rope_vit", {"fsdp8": {"fsdp": 8}, "fsdp2_expert4": {"fsdp": 2, "expert": 4}}),
+for tower, meshes in (("rope_vit", {"fsdp2_expert4": {"fsdp": 2, "expert": 4}}),
                       ("cls_vit", {"data2_fsdp2_expert2": {"data": 2, "fsdp": 2, "expert": 2}})):
-  out[tower] = {"ref": train_curve(tower, {}, devices=1)}
+  out[tower] = {"ref": train_curve(tower, {}, steps=2, devices=1)}
   for name, mesh in meshes.items():
-    out[tower][name] = train_curve(tower, mesh)
+    out[tower][name] = train_curve(tower, mesh, steps=2)
 print("RESULT" + json.dumps(out))
 """
 
@@ -29,7 +29,7 @@ def test_vlm_meshes_match_single_device():
   result = json.loads(out.split("RESULT", 1)[1])
   for tower, runs in result.items():
     ref = runs.pop("ref")
-    assert len(ref["loss"]) == 3 and np.all(np.isfinite(ref["loss"])), (tower, ref)
+    assert len(ref["loss"]) == 2 and np.all(np.isfinite(ref["loss"])), (tower, ref)
     for name, run in runs.items():
       np.testing.assert_allclose(run["loss"], ref["loss"], rtol=1e-5, err_msg=f"{tower} {name}: loss")
       np.testing.assert_allclose(run["grad_norm"], ref["grad_norm"], rtol=1e-5, err_msg=f"{tower} {name}: grad")
