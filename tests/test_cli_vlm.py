@@ -24,7 +24,7 @@ transformers = pytest.importorskip("transformers")
 
 SHORT = ["--config.train.steps=2", "--config.train.global_batch=2", "--config.data.seq_len=64",
          "--config.train.log_every=1", "--config.train.warmup_steps=1", "--config.eval.batches=1",
-         "--config.sample.max_new_tokens=4", "--config.train.progress=false", "--config.checkpoint.every=0"]
+         "--config.sample.enabled=false", "--config.train.progress=false", "--config.checkpoint.every=0"]
 
 
 def image_inputs(cfg, side: int = 32) -> dict:
@@ -70,9 +70,10 @@ def test_internvl_from_hf_directory_exports_with_its_processor_files(tmp_path):
       f.write("{}" if name.endswith(".json") else "{{ messages }}")
   config = jaxtrain.load_config("configs/internvl_tiny.py", overrides=[
       f"--config.workdir={workdir}", f"--config.model.init_from={hf_dir}", "--config.model.freeze=('vision',)",
-      *SHORT])
+      *SHORT, "--config.sample.enabled=true", "--config.sample.max_new_tokens=4"])
   summary = jaxtrain.Trainer(config).fit()
   assert summary["steps"] == 2 and np.isfinite(summary["eval_loss"])
+  assert summary["sample"].startswith(config.sample.prompt)  # text-only generation with the KV cache
   jaxtrain.converters.export_hf(workdir, out)
   for name in ("preprocessor_config.json", "processor_config.json", "chat_template.jinja"):
     assert os.path.isfile(os.path.join(out, name)), name

@@ -20,12 +20,13 @@ def tiny_vlm(tower: str = "rope_vit", **changes) -> ModelConfig:
   if tower == "rope_vit":
     vision = VisionConfig(tower="rope_vit", hidden_size=16, num_layers=2, num_heads=2, intermediate_size=32,
                           patch_size=2, temporal_patch_size=2, spatial_merge_size=2, num_position_embeddings=16,
-                          deepstack_layers=(0, 1), image_token_id=IMAGE, video_token_id=VIDEO, row_capacity=64)
+                          deepstack_layers=(0, 1), image_token_id=IMAGE, video_token_id=VIDEO, row_capacity=64,
+                          remat="save_dots")
     base.update(mrope_section=(2, 1, 1), vision=vision)
   else:
     vision = VisionConfig(tower="cls_vit", hidden_size=16, num_layers=2, num_heads=2, intermediate_size=32,
                           patch_size=4, image_size=16, spatial_merge_size=2, activation="gelu", norm="layer_norm",
-                          qkv_bias=False, image_token_id=IMAGE, row_capacity=4)
+                          qkv_bias=False, image_token_id=IMAGE, row_capacity=4, remat="full")
     base.update(vision=vision, num_experts=0)
   vision_changes = changes.pop("vision", {})
   base.update(changes)

@@ -147,15 +147,34 @@ def intern_tiles(sizes, image_size: int = 16, seed: int = 0):
 
 
 def intern_case(name: str, seed: int = 0, tokens_per_tile: int = 4, image_size: int = 16) -> dict:
+  """InternVL inputs: images tiled by the processor (a thumbnail tile when there are several);
+  a video is its frames, one tile each, each after a "Frame i:" text as InternVL's processor
+  writes it. Every row stays within 4 tiles (one capacity bucket for every case)."""
   rng = np.random.default_rng(seed)
-  sizes = {"image": [(20, 40)], "multi_image": [(20, 40), (16, 16), (48, 16)]}[name]
-  pixels, tiles = intern_tiles(sizes, image_size=image_size, seed=seed)
-  blocks = [[IVL_START] + [IVL_IMAGE] * (n * tokens_per_tile) + [IVL_END] for n in tiles]
   text = lambda n: list(rng.integers(0, 90, n))  # noqa: E731
-  if name == "image":
-    rows = [text(3) + blocks[0] + text(4)]
-  else:
-    rows = [text(2) + blocks[0] + text(2) + blocks[1] + text(3), text(5) + blocks[2] + text(1)]
+  block = lambda tiles: [IVL_START] + [IVL_IMAGE] * (tiles * tokens_per_tile) + [IVL_END]  # noqa: E731
+  if name in ("image", "multi_image"):
+    sizes = {"image": [(20, 40)], "multi_image": [(20, 40), (16, 16), (48, 16)]}[name]
+    pixels, tiles = intern_tiles(sizes, image_size=image_size, seed=seed)
+    if name == "image":
+      rows = [text(3) + block(tiles[0]) + text(4)]
+    else:
+      rows = [text(2) + block(tiles[0]) + text(2) + block(tiles[1]) + text(3), text(5) + block(tiles[2]) + text(1)]
+  else:  # video: 3 frames; mixed: an image (3 tiles) and a 1-frame video in one row, text in the other
+    frames = [picture(image_size, image_size, seed + 50 + i) for i in range(3 if name == "video" else 1)]
+    images = [picture(20, 40, seed)] if name == "mixed" else []
+    from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import GotOcr2ImageProcessorPil
+    proc = GotOcr2ImageProcessorPil(crop_to_patches=True, min_patches=1, max_patches=4,
+                                    size={"height": image_size, "width": image_size})
+    parts = [proc(images=images, return_tensors="np")] if images else []
+    parts.append(proc(images=frames, crop_to_patches=False, return_tensors="np"))
+    pixels = np.concatenate([p["pixel_values"] for p in parts])
+    row = text(2)
+    if images:
+      row += block(int(parts[0]["num_patches"][0])) + text(2)
+    for i in range(len(frames)):
+      row += text(2) + block(1)  # "Frame{i}: " then the frame
+    rows = [row + text(3)]
   out = batch(rows)
   out["mm_token_type_ids"] = (out["input_ids"] == IVL_IMAGE).astype(np.int64)
   return {**out, "pixel_values": pixels}

@@ -18,8 +18,7 @@ import jaxtrain
 torch = pytest.importorskip("torch")
 
 QWEN_CASES = ("image", "multi_image", "video", "mixed")
-CASES = [(f, c) for f in ("qwen3_vl", "qwen3_vl_moe") for c in QWEN_CASES] + [("internvl", c) for c in
-                                                                             ("image", "multi_image")]
+CASES = [(f, c) for f in ("qwen3_vl", "qwen3_vl_moe", "internvl") for c in QWEN_CASES]
 _models: dict = {}
 
 
