@@ -56,3 +56,11 @@ def test_profile_step_attributes_time_to_experts_and_attention():
   total = sum(float(_table_row(out, line.split("|")[1].strip())[2].rstrip("%"))
               for line in out.splitlines() if line.startswith("| ") and "%" in line)
   assert abs(total - 100.0) < 0.5, out
+
+
+def test_bench_vision_times_both_processors():
+  out = _run("bench_vision.py", "--repeats", "1", "--skip-transformers")  # importing transformers: 10-25 s
+  for kind in ("qwen3_vl", "internvl"):
+    row = _table_row(out, kind)
+    assert all(float(cell) > 0 for cell in row[2:4]) and row[4] == "n/a", row
+  assert float(_table_row(out.split("| processor | video |")[1], "internvl")[3]) > 0

@@ -11,7 +11,8 @@ positions.
 
 Modules: config (the `data` section), tokenizer, chat (templates), files (paths, held-out
 split), sources, tokens (pre-tokenized), kinds (config entry -> source), formats, packing,
-stats, pipeline, iterator, baseline. Imports are lazy so importing the `data` config section
+stats, pipeline, iterator, baseline; vision/ (images and videos for vision-language models, the
+multimodal batch keys). Imports are lazy so importing the `data` config section
 stays cheap (Grain imports JAX).
 """
 

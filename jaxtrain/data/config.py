@@ -14,7 +14,9 @@ from jaxtrain.config import require
 # Where documents come from.
 KINDS = ("python_stdlib", "text", "jsonl", "parquet", "arrow", "tokens")
 # How a record becomes tokens and a loss mask.
-FORMATS = ("text", "chat", "prompt_completion", "alpaca")
+FORMATS = ("text", "chat", "prompt_completion", "alpaca", "vision_chat", "llava")
+VISION_FORMATS = ("vision_chat", "llava")  # need data.vision (a processor directory)
+IMAGE_BACKENDS = ("torchvision", "pil")
 HOLDOUTS = ("hash", "none", "all")
 TEXT_UNITS = ("file", "line")
 PACKINGS = ("first_fit", "best_fit", "none")
@@ -35,7 +37,10 @@ def source_defaults() -> ConfigDict:
       # File, directory or glob; several separated by commas. "" for python_stdlib = this
       # interpreter's stdlib directory.
       "path": "",
-      "format": "text",  # text | chat | prompt_completion | alpaca (tokens: text only)
+      # text | chat | prompt_completion | alpaca | vision_chat (messages whose content lists hold
+      # text / image / video items) | llava (<image> / <video> placeholders in the text, files in
+      # the images_field / videos_field); tokens: text only.
+      "format": "text",
       "weight": 1.0,  # mixing weight against the other sources (training split)
       # Held-out documents: hash = a deterministic data.eval_fraction of documents (by a hash of
       # file name and record index); none = all train; all = this source is eval-only.
@@ -51,6 +56,8 @@ def source_defaults() -> ConfigDict:
       "instruction_field": "instruction",
       "input_field": "input",
       "output_field": "output",
+      "images_field": "images",  # llava: an image path or a list of them ("image" is read too)
+      "videos_field": "videos",  # llava: a video path or a list of them ("video" is read too)
       "hf_split": "train",  # kind=arrow: split directory of a saved DatasetDict
       "token_dtype": "int32",  # kind=tokens, raw .bin files only (.npy carry their dtype)
   })
@@ -86,6 +93,27 @@ def defaults() -> ConfigDict:
       # Face tokenizers, which release the GIL; the byte tokenizer is fastest with 0).
       "threads": 0,
       "prefetch": 2,  # batches prepared ahead by a background thread (0 = none)
+      "vision": vision_defaults(),
+  })
+
+
+def vision_defaults() -> ConfigDict:
+  return ConfigDict({
+      # Local Hugging Face directory with preprocessor_config.json (Qwen3-VL or InternVL); "" =
+      # data.tokenizer's directory (whose tokenizer is used either way). Used when a source has
+      # format vision_chat or llava.
+      "processor": "",
+      "image_backend": "torchvision",  # resize images as transformers' torchvision | pil processor
+      # Pixel patches per row (Qwen3-VL: patches of temporal x 16 x 16 pixels; InternVL: tiles),
+      # the fixed size of pixel_values; a sample with more is a bad record (the cap on pixels per
+      # sample). 0 = as many as seq_len vision tokens can hold.
+      "max_patches": 0,
+      "max_items": 16,  # images / videos (InternVL: tiles) per row, the fixed size of vision_grid_thw
+      "image_max_pixels": 0,  # Qwen3-VL: resize images to at most this many pixels (0 = the processor's)
+      "video_max_pixels": 0,  # Qwen3-VL: pixel budget of a video, all frames (0 = the processor's)
+      "max_tiles": 0,  # InternVL: tiles per image before the thumbnail (0 = the processor's)
+      "video_fps": 0.0,  # frames sampled per second (0 = the processor's)
+      "video_num_frames": 0,  # frames sampled per video, instead of video_fps (0 = the processor's)
   })
 
 
@@ -107,6 +135,16 @@ def validate(config: ConfigDict) -> None:
   for key in ("epochs", "packing_bins", "shuffle_window", "workers", "threads", "prefetch"):
     require(d[key] >= 0, f"data.{key}", f"must be >= 0, got {d[key]}")
   require(len(d.sources) > 0, "data.sources", "needs at least one source")
+  v = d.vision
+  require(v.image_backend in IMAGE_BACKENDS, "data.vision.image_backend",
+          f"{v.image_backend!r} is not one of {IMAGE_BACKENDS}")
+  for key in ("max_patches", "image_max_pixels", "video_max_pixels", "max_tiles", "video_num_frames"):
+    require(v[key] >= 0, f"data.vision.{key}", f"must be >= 0, got {v[key]}")
+  require(v.max_items >= 1, "data.vision.max_items", f"must be >= 1, got {v.max_items}")
+  require(v.video_fps >= 0, "data.vision.video_fps", f"must be >= 0, got {v.video_fps}")
+  if any(s.format in VISION_FORMATS for s in d.sources.values()):
+    require(d.tokenizer != "byte", "data.tokenizer",
+            "vision_chat / llava sources need the vision-language model's Hugging Face tokenizer directory")
   for name, s in d.sources.items():
     key = f"data.sources.{name}"
     require(s.kind in KINDS, f"{key}.kind", f"{s.kind!r} is not one of {KINDS}")
@@ -116,6 +154,9 @@ def validate(config: ConfigDict) -> None:
     require(s.token_dtype in TOKEN_DTYPES, f"{key}.token_dtype",
             f"{s.token_dtype!r} is not one of {TOKEN_DTYPES}")
     require(s.weight > 0, f"{key}.weight", f"must be > 0, got {s.weight}")
+    if s.format in VISION_FORMATS:
+      require(s.kind in ("jsonl", "parquet", "arrow"), f"{key}.format",
+              f"format={s.format!r} needs records (kind jsonl, parquet or arrow), not kind={s.kind!r}")
     if s.kind in ("python_stdlib", "text", "tokens"):
       require(s.format == "text", f"{key}.format",
               f"kind={s.kind!r} holds plain documents: format must be 'text', got {s.format!r}")

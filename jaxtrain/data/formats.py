@@ -6,6 +6,8 @@
   the assistant turns (data.loss_on = assistant | last_assistant | all), end-of-turn included.
 - prompt_completion: `prompt` + `completion`; the completion (and eos) is learned.
 - alpaca: `instruction` (+ optional `input`) -> the Stanford Alpaca prompt; `output` is learned.
+- vision_chat / llava: conversations with images and videos, through the run's vision-language
+  processor (data/vision/: records.py, pieces.py); assistant turns are learned.
 
 A malformed record raises `BadRecord(reason, detail)`; `DocumentTransform` turns it into an
 error naming file and line, or into a counted skip (data.on_bad_record).
@@ -19,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from jaxtrain.data import chat
+from jaxtrain.data.config import VISION_FORMATS
 from jaxtrain.data.errors import BadRecord, DataError, bad_record_error
 from jaxtrain.data.packing import document_pieces, empty_piece
 
@@ -103,17 +106,22 @@ class DocumentTransform:
   """Source record -> list of packable pieces (a Grain map transform; picklable)."""
 
   def __init__(self, source: str, kind: str, entry: dict, tokenizer: Any, *, seq_len: int, overlong: str,
-               on_bad_record: str, loss_on: str, add_bos: bool, add_eos: bool):
+               on_bad_record: str, loss_on: str, add_bos: bool, add_eos: bool, vision: Any = None):
     self.source, self.kind, self.entry, self.tokenizer = source, kind, dict(entry), tokenizer
     self.format = self.entry["format"]
     self.seq_len, self.overlong, self.on_bad_record, self.loss_on = seq_len, overlong, on_bad_record, loss_on
     self.bos = [tokenizer.bos_id] if add_bos and tokenizer.bos_id is not None else []
     self.eos = [tokenizer.eos_id] if add_eos and tokenizer.eos_id is not None else []
+    self.vision = vision  # data.vision.pieces.VisionPieces in a vision run (every piece gets its features)
     if self.format == "chat" and not tokenizer.chat_template:
       raise DataError(f"config data.chat_template: source {source!r} has format=chat but tokenizer "
                       f"{tokenizer.name_or_path!r} has no chat template")
 
   def __call__(self, item) -> list[dict]:
+    pieces = self._pieces(item)
+    return [self.vision.complete(p) for p in pieces] if self.vision is not None else pieces
+
+  def _pieces(self, item) -> list[dict]:
     payload, file, where = item
     meta = {"src": self.source, "doc": 1}
     if self.kind == "tokens":
@@ -121,6 +129,9 @@ class DocumentTransform:
       meta["doc"] = int(first)
       return [self._token_piece(piece, nxt, meta)]
     try:
+      if self.vision is not None and self.format in VISION_FORMATS:
+        return self.vision.document(parse_record(payload), self.format, self.entry, file, meta,
+                                    loss_on=self.loss_on, overlong=self.overlong, where=where)
       ids, learn = self.encode(payload)
     except BadRecord as bad:
       if self.on_bad_record == "error":
@@ -160,6 +171,8 @@ class DocumentTransform:
       ids = np.concatenate([np.asarray(self.bos, np.int32), tok.encode_array(text), np.asarray(self.eos, np.int32)])
       return ids, np.ones(len(ids), bool)
     record = parse_record(payload)
+    if self.format in VISION_FORMATS:
+      raise DataError(f"format={self.format!r} is read by the vision pipeline (data/vision/pieces.py)")
     if self.format == "chat":
       return self._chat(record)
     if self.format == "prompt_completion":

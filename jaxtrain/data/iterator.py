@@ -19,6 +19,7 @@ import numpy as np
 
 from jaxtrain.data import stats as stats_lib
 from jaxtrain.data.errors import DataError
+from jaxtrain.data.vision.batch import VISION_KEYS
 
 STATE_VERSION = 1
 CONTRACT_KEYS = ("input_ids", "target_ids", "loss_mask", "segment_ids", "positions")
@@ -95,7 +96,11 @@ class DataIterator:
       raise ValueError("this data iterator is closed")
     batch = next(self._it)
     self._stats.add(batch.pop("_stats"))
-    return {k: np.array(batch[k], dtype=np.int32) for k in CONTRACT_KEYS}
+    out = {k: np.array(batch[k], dtype=np.int32) for k in CONTRACT_KEYS}
+    for k in VISION_KEYS:  # vision runs (data/vision/batch.py)
+      if k in batch:
+        out[k] = np.asarray(batch[k], dtype=np.float32 if k == "pixel_values" else np.int32)
+    return out
 
   def get_state(self) -> dict:
     return {"version": STATE_VERSION, "fingerprint": copy.deepcopy(self._fingerprint),

@@ -58,12 +58,15 @@ def resolve_overlong(overlong: str, fmt: str) -> str:
   return "split" if fmt == "text" else "truncate"
 
 
-def pack(ds, *, seq_len: int, method: str, bins: int, seed: int, shuffle_bins: bool):
-  """Grain packing of pieces into rows of `seq_len` tokens."""
+def pack(ds, *, seq_len: int, method: str, bins: int, seed: int, shuffle_bins: bool,
+         extra_lengths: dict[str, int] | None = None):
+  """Grain packing of pieces into rows of `seq_len` tokens (and of `extra_lengths` for other
+  packed features: a piece goes into a row only if every feature fits)."""
   from grain import experimental as gx
 
   cls = gx.BestFitPackIterDataset if method == "best_fit" else gx.FirstFitPackIterDataset
-  return cls(ds, length_struct={"tokens": seq_len}, num_packing_bins=bins, seed=seed, shuffle_bins=shuffle_bins,
+  lengths = {"tokens": seq_len, **(extra_lengths or {})}
+  return cls(ds, length_struct=lengths, num_packing_bins=bins, seed=seed, shuffle_bins=shuffle_bins,
              meta_features=("meta",), max_sequences_per_bin=1 if method == "none" else None)
 
 

@@ -22,12 +22,15 @@ import zlib
 from typing import Any
 
 from jaxtrain.config import ConfigError
+from jaxtrain.data.config import VISION_FORMATS
 from jaxtrain.data.errors import DataError
 from jaxtrain.data.formats import DocumentTransform
 from jaxtrain.data.iterator import DataIterator, encode_state
 from jaxtrain.data.kinds import open_source
 from jaxtrain.data.packing import BatchAssembler, pack, resolve_overlong
+from jaxtrain.data.vision.batch import VisionBatchAssembler
 from jaxtrain.data.tokenizer import build_tokenizer
+from jaxtrain.data.vision.pieces import build_vision
 
 READ_GROUP = 16  # documents per Grain element before flattening into pieces
 
@@ -55,9 +58,10 @@ def check_vocab(config, tokenizer) -> None:
                       f"{tokenizer.name_or_path!r}'s vocabulary ({tokenizer.vocab_size})")
 
 
-def build_documents(config, split: str, tokenizer) -> list[tuple[str, Any, Any, DocumentTransform]]:
+def build_documents(config, split: str, tokenizer, vision=None) -> list[tuple[str, Any, Any, DocumentTransform]]:
   """[(name, entry, source, transform)] for the sources with documents in `split`."""
   d = config.data
+  vision = vision if vision is not None else build_vision(config, tokenizer)
   out = []
   for name in sorted(d.sources):
     entry = d.sources[name]
@@ -67,7 +71,7 @@ def build_documents(config, split: str, tokenizer) -> list[tuple[str, Any, Any, 
     transform = DocumentTransform(name, entry.kind, entry.to_dict() if hasattr(entry, "to_dict") else dict(entry),
                                   tokenizer, seq_len=d.seq_len, overlong=overlong,
                                   on_bad_record=d.on_bad_record, loss_on=d.loss_on, add_bos=d.add_bos,
-                                  add_eos=d.add_eos)
+                                  add_eos=d.add_eos, vision=vision)
     out.append((name, entry, source, transform))
   return out
 
@@ -126,7 +130,8 @@ def build_pipeline(config, split: str = "train", tokenizer=None, process_index: 
   seed = data_seed(config)
   train = split == "train"
 
-  parts = build_documents(config, split, tokenizer)
+  vision = build_vision(config, tokenizer)
+  parts = build_documents(config, split, tokenizer, vision)
   transforms = {name: transform for name, _, _, transform in parts}
   datasets, weights, index_stats, sizes = [], [], {}, {}
   for name, entry, source, transform in parts:
@@ -164,8 +169,14 @@ def build_pipeline(config, split: str = "train", tokenizer=None, process_index: 
   if train and d.shuffle_window > 1:
     it = gx.WindowShuffleIterDataset(it, window_size=d.shuffle_window, seed=source_seed(seed, "window"))
   bins = d.packing_bins or max(2 * batch, 16)
-  it = pack(it, seq_len=d.seq_len, method=d.packing, bins=bins, seed=source_seed(seed, "pack"), shuffle_bins=train)
-  it = it.batch(batch, drop_remainder=False, batch_fn=BatchAssembler(batch, d.seq_len, tokenizer.pad_id))
+  it = pack(it, seq_len=d.seq_len, method=d.packing, bins=bins, seed=source_seed(seed, "pack"), shuffle_bins=train,
+            extra_lengths=vision.lengths() if vision else None)
+  if vision is None:
+    assembler = BatchAssembler(batch, d.seq_len, tokenizer.pad_id)
+  else:
+    assembler = VisionBatchAssembler(batch, d.seq_len, tokenizer.pad_id, max_patches=vision.max_patches,
+                                     max_items=vision.max_items, patch_shape=vision.patch_shape, rope=vision.rope)
+  it = it.batch(batch, drop_remainder=False, batch_fn=assembler)
   if d.workers > 0:
     _absl_flags_parsed()
     it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=d.workers, per_worker_buffer_size=2))
@@ -189,6 +200,8 @@ def fingerprint(config, split: str, batch: int, process_index: int, process_coun
   keys = ("seq_len", "tokenizer", "chat_template", "epochs", "eval_fraction", "packing", "packing_bins",
           "overlong", "loss_on", "add_bos", "add_eos", "shuffle_window", "workers")
   fp = {k: d[k] for k in keys}
+  if any(s.format in VISION_FORMATS for s in d.sources.values()):
+    fp["vision"] = d.vision.to_dict()
   fp["sources"] = {name: d.sources[name].to_dict() for name in sorted(d.sources)}
   fp.update(split=split, seed=data_seed(config), batch=batch, process_index=process_index,
             process_count=process_count)

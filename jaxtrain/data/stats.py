@@ -7,7 +7,8 @@ from typing import Any
 
 EXAMPLES_PER_REASON = 5
 _COUNTS = ("batches", "rows", "slots", "tokens", "loss_tokens", "segments", "documents", "truncated_documents",
-           "truncated_tokens", "dropped_overlong", "empty_documents")
+           "truncated_tokens", "dropped_overlong", "empty_documents", "images", "videos", "vision_items", "patches",
+           "patch_slots")
 
 
 class PipelineStats:
@@ -66,6 +67,10 @@ def report(summary: dict[str, Any], name: str = "data") -> str:
   lines = [f"{name}: {summary['documents']} documents, {summary['tokens']} tokens "
            f"({summary['loss_tokens']} with loss) in {summary['batches']} batches; "
            f"packing efficiency {100 * summary['packing_efficiency']:.1f}%"]
+  if summary.get("patch_slots"):
+    lines.append(f"{name}: {summary['images']} images, {summary['videos']} videos, {summary['vision_items']} vision "
+                 f"items, {summary['patches']} pixel patches ({100 * summary['patches'] / summary['patch_slots']:.1f}% "
+                 "of the pixel_values slots)")
   per_source = summary.get("documents_per_source") or {}
   if len(per_source) > 1:
     lines.append(f"{name}: documents per source: " + ", ".join(f"{k}={v}" for k, v in sorted(per_source.items())))

@@ -222,8 +222,9 @@ class HFTokenizer(Tokenizer):
   def encode_array(self, text: str) -> np.ndarray:
     return np.asarray(self._tok.encode(text, add_special_tokens=False).ids, dtype=np.int32)
 
-  def encode_with_offsets(self, text: str) -> tuple[np.ndarray, np.ndarray]:
-    enc = self._tok.encode(text, add_special_tokens=False)
+  def encode_with_offsets(self, text: str, add_special_tokens: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    # add_special_tokens: apply tokenizer.json's post-processor (as a transformers processor does)
+    enc = self._tok.encode(text, add_special_tokens=add_special_tokens)
     starts = np.fromiter((o[0] for o in enc.offsets), dtype=np.int64, count=len(enc.offsets))
     return np.asarray(enc.ids, dtype=np.int32), starts
 
