@@ -90,6 +90,30 @@ def pipeline_batch(cfg: ModelConfig, layout: list[list], seq: int) -> dict:
   return out
 
 
+def row_batch(cfg: ModelConfig, layout: list[list], seq: int, *, max_patches: int, max_items: int) -> dict:
+  """The same rows in the data pipeline's per-row layout (jaxtrain/data/vision/batch.py):
+  each row's patches in placeholder order, 1-based item ids, grids and item documents
+  (InternVL: one item per tile). Without `mrope_positions`: the caller adds them."""
+  out = {k: v for k, v in pipeline_batch(cfg, layout, seq).items() if k in ("input_ids", "target_ids", "loss_mask",
+                                                                           "segment_ids", "positions")}
+  rows = len(layout)
+  patch = (cfg.vision.patch_dim,) if cfg.vision.tower == "rope_vit" else (3, 16, 16)
+  pixels, items = np.zeros((rows, max_patches, *patch), np.float32), np.zeros((rows, max_patches), np.int32)
+  grids, docs_of = np.zeros((rows, max_items, 3), np.int32), np.zeros((rows, max_items), np.int32)
+  for r, docs in enumerate(layout):
+    at = item = 0
+    for d, (_, pixels_of) in enumerate(docs, start=1):
+      for grid, pix in pixels_of["image"] + pixels_of["video"]:
+        per_item = [((1, 1, 1), p[None]) for p in pix] if cfg.vision.tower == "cls_vit" else [(grid, pix)]
+        for g, p in per_item:
+          item += 1
+          pixels[r, at:at + len(p)], items[r, at:at + len(p)] = p, item
+          grids[r, item - 1], docs_of[r, item - 1] = g, d
+          at += len(p)
+  out.update(pixel_values=pixels, pixel_segment_ids=items, vision_grid_thw=grids, vision_segment_ids=docs_of)
+  return out
+
+
 def random_batch(cfg: ModelConfig, rows: int, seq: int, seed: int, docs_per_row: int = 2) -> dict:
   rng = np.random.default_rng(seed)
   return pipeline_batch(cfg, [[document(cfg, rng, video=(r + d) % 2 == 0) for d in range(docs_per_row)]

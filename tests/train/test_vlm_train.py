@@ -11,7 +11,7 @@ import pytest
 from flax import nnx
 from ml_collections import ConfigDict
 
-from tests.vlm_data import document, pipeline_batch, tiny_vlm
+from tests.vlm_data import document, pipeline_batch, row_batch, tiny_vlm
 
 from jaxtrain.models import factory
 from jaxtrain.parallel import rules
@@ -125,3 +125,23 @@ def test_freeze_selects_what_trains(freeze):
   moments = sum(x.size for x in jax.tree.leaves(state.opt_state) if x.ndim)
   trainable = sum(a.size for part in before if part not in freeze for a in before[part])
   assert moments == 2 * trainable
+
+
+@pytest.mark.parametrize("tower", ["rope_vit", "cls_vit"])
+def test_per_row_layout_equals_flat_layout(tower):
+  """The data pipeline's per-row batch gives the model the same inputs as the processor's flat
+  arrays of the same rows (whose layout is checked against transformers in tests/models)."""
+  cfg = tiny_vlm(tower)
+  rng = np.random.default_rng(7)
+  layout = [[document(cfg, rng, video=tower == "rope_vit"), document(cfg, rng)], [document(cfg, rng)]]
+  flat = model_batch(cfg, pipeline_batch(cfg, layout, SEQ), SEQ)
+  rows = row_batch(cfg, layout, SEQ, max_patches=cfg.vision.row_capacity - (8 if tower == "rope_vit" else 0),
+                   max_items=6)
+  if tower == "rope_vit":
+    rows["mrope_positions"] = flat["rope_positions"].transpose(0, 2, 1)
+  per_row = model_batch(cfg, rows, SEQ)
+  assert sorted(per_row) == sorted(flat)
+  for k in flat:
+    np.testing.assert_array_equal(per_row[k], flat[k], err_msg=k)
+  with pytest.raises(ValueError, match="data.vision.max_patches"):
+    model_batch(cfg, row_batch(cfg, layout, SEQ, max_patches=cfg.vision.row_capacity + 4, max_items=6), SEQ)

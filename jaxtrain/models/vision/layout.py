@@ -1,5 +1,6 @@
 """Host-side layout of vision inputs (numpy only): from the arrays a Hugging Face processor
-returns to the fixed-shape, per-row arrays the jitted model reads.
+returns (or the data pipeline's per-row batch, `rope_vit_rows`) to the fixed-shape, per-row
+arrays the jitted model reads.
 
 The processor's arrays are flat over the batch: `pixel_values` `[patches, values]` (or
 `[tiles, C, H, W]`) holds every image in row-major order of its placeholder tokens, with
@@ -205,6 +206,38 @@ def rope_vit_inputs(vision, input_ids, segment_ids=None, *, pixel_values=None, i
       out["vision_pos_weight"][b, at:at + n] = pw
       at += n
     out["rope_positions"][b] = positions
+  return out
+
+
+def rope_vit_rows(vision, pixel_values, pixel_segment_ids, vision_grid_thw, mrope_positions) -> dict:
+  """The rope_vit model inputs from a batch already laid out per row (the data pipeline's
+  contract, jaxtrain/data/vision/batch.py): patches stay where they are; each item (1-based
+  `pixel_segment_ids`, grid `vision_grid_thw[b, item - 1]`) gets its 2D positions, taps and one
+  attention segment per temporal patch."""
+  seg = as_numpy(pixel_segment_ids, np.int64)
+  grids = as_numpy(vision_grid_thw, np.int64)
+  B, P = seg.shape
+  merge = vision.spatial_merge_size
+  side = int(round(vision.num_position_embeddings ** 0.5))
+  out = {"vision_patches": as_numpy(pixel_values, np.float32).reshape(B, P, vision.patch_dim),
+         "vision_segments": np.zeros((B, P), np.int32), "vision_hw": np.zeros((B, P, 2), np.int32),
+         "vision_pos_index": np.zeros((B, P, PAD_TAPS), np.int32),
+         "vision_pos_weight": np.zeros((B, P, PAD_TAPS), np.float32),
+         "rope_positions": np.ascontiguousarray(as_numpy(mrope_positions, np.int32).transpose(0, 2, 1))}
+  for b in range(B):
+    next_segment = 1
+    for item, (t, h, w) in enumerate(grids[b], start=1):
+      if t * h * w == 0:
+        continue
+      slots = np.flatnonzero(seg[b] == item)
+      if len(slots) != t * h * w or h % merge or w % merge:
+        raise ValueError(f"row {b}, vision item {item}: {len(slots)} patches for grid {[t, h, w]} (spatial merge "
+                         f"{merge})")
+      hw, index, weight = patch_positions(t, h, w, merge, side)
+      out["vision_hw"][b, slots], out["vision_pos_index"][b, slots] = hw, index
+      out["vision_pos_weight"][b, slots] = weight
+      out["vision_segments"][b, slots] = next_segment + np.repeat(np.arange(t), h * w)
+      next_segment += t
   return out
 
 
