@@ -3,6 +3,7 @@
   python -m jaxtrain.converters import-hf --hf HF_DIR --out CKPT_DIR [--force]
   python -m jaxtrain.converters export-hf --ckpt CKPT_OR_WORKDIR --out HF_DIR
                                           [--dtype bfloat16] [--step N] [--max-shard-size 5GB] [--force]
+                                          [--adapter | --merge]   (LoRA runs: PEFT adapter / merged weights)
 
 Exit status: 0 on success, 1 when the input cannot be converted (the message names the file,
 key or config field), 2 for bad arguments.
@@ -15,9 +16,8 @@ import logging
 import sys
 
 
-def parse_args(argv):
-  parser = argparse.ArgumentParser(prog="python -m jaxtrain.converters",
-                                   description="Convert between Hugging Face and jaxtrain checkpoints.")
+def parse_args(argv, prog: str = "python -m jaxtrain.converters"):
+  parser = argparse.ArgumentParser(prog=prog, description="Convert between Hugging Face and jaxtrain checkpoints.")
   sub = parser.add_subparsers(dest="command", required=True)
   imp = sub.add_parser("import-hf", help="HF directory -> jaxtrain checkpoint (usable as model.init_from)")
   imp.add_argument("--hf", required=True, help="Hugging Face model directory (config.json + safetensors)")
@@ -33,12 +33,16 @@ def parse_args(argv):
   exp.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
   exp.add_argument("--max-shard-size", default="5GB", help="largest safetensors shard, e.g. 5GB, 500MB")
   exp.add_argument("--force", action="store_true", help="overwrite the files of an earlier export in --out")
+  mode = exp.add_mutually_exclusive_group()
+  mode.add_argument("--adapter", action="store_true", help="LoRA runs: write a PEFT adapter directory "
+                    "(adapter_config.json + adapter_model.safetensors) for peft.PeftModel.from_pretrained")
+  mode.add_argument("--merge", action="store_true", help="LoRA runs: write full weights with the adapters merged")
   exp.add_argument("--no-progress", action="store_true")
   return parser.parse_args(argv)
 
 
-def main(argv=None) -> int:
-  args = parse_args(sys.argv[1:] if argv is None else argv)
+def main(argv=None, prog: str = "python -m jaxtrain.converters") -> int:
+  args = parse_args(sys.argv[1:] if argv is None else argv, prog)
   logging.basicConfig(level=logging.INFO, format="[jaxtrain.converters] %(message)s", stream=sys.stderr)
   for noisy in ("absl", "orbax", "jax._src"):
     logging.getLogger(noisy).setLevel(logging.ERROR)
@@ -49,6 +53,16 @@ def main(argv=None) -> int:
     if args.command == "import-hf":
       out = import_hf(args.hf, args.out, force=args.force, progress=not args.no_progress)
       print(f"wrote jaxtrain checkpoint {out} (use it as model.init_from, or export-hf --ckpt {out})")
+    elif args.adapter or args.merge:
+      # LoRA runs: posttrain/peft_io.py (this entry point sits above the layers, like main.py).
+      from jaxtrain.posttrain import peft_io
+      if args.adapter:
+        out = peft_io.export_adapter(args.ckpt, args.out, step=args.step, dtype=args.dtype, force=args.force)
+        print(f"wrote PEFT adapter {out}")
+      else:
+        out = peft_io.export_merged(args.ckpt, args.out, step=args.step, dtype=args.dtype, force=args.force,
+                                    max_shard_size=args.max_shard_size, progress=not args.no_progress)
+        print(f"wrote Hugging Face checkpoint {out} (LoRA adapters merged)")
     else:
       out = export_hf(args.ckpt, args.out, dtype=args.dtype, step=args.step, force=args.force,
                       max_shard_size=args.max_shard_size, progress=not args.no_progress)

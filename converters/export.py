@@ -33,7 +33,8 @@ from jaxtrain.converters.load import (
   progress_bar,
   split_variables,
 )
-from jaxtrain.converters.safetensors_io import OutTensor, numpy_dtype, parse_size, write_sharded
+from jaxtrain.converters.safetensors_io import numpy_dtype
+from jaxtrain.converters.safetensors_write import OutTensor, parse_size, write_sharded
 from jaxtrain.converters.signature import signature_diff
 from ml_collections import ConfigDict
 
@@ -200,6 +201,9 @@ def export_hf(ckpt: str, out: str, *, dtype: str | None = None, step: int | None
   if os.path.abspath(out) == os.path.abspath(ckpt):
     raise ConversionError(f"{out}: the output directory must differ from the checkpoint")
   _, step, section, saved = checkpoint_model_section(ckpt, step)
+  if (saved.get("lora") or {}).get("rank"):
+    raise ConversionError(f"{ckpt}: this run trained LoRA adapters (its checkpoints hold only them): pass --adapter "
+                          "for a PEFT adapter directory or --merge for full weights with the adapters merged")
   section = {k: v for k, v in section.items() if k != "init_from"}
   model_cfg = ModelConfig.from_config(section)
   dtype = dtype or "float32"

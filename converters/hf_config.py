@@ -47,9 +47,9 @@ HARMLESS = {
 }
 
 # Fields of the `model` section that come from the HF config (the rest are training choices:
-# dtype, param_dtype, remat, moe_impl, capacity_factor, aux_loss_weight, z_loss_weight, init_from).
-TRAINING_FIELDS = ("init_from", "dtype", "param_dtype", "remat", "moe_impl", "capacity_factor", "aux_loss_weight",
-                   "z_loss_weight", "seq_aux_loss_weight", "router_bias_update_rate", "freeze")
+# dtype, param_dtype, fp8, remat, moe_impl, capacity_factor, aux_loss_weight, z_loss_weight, init_from).
+TRAINING_FIELDS = ("init_from", "dtype", "param_dtype", "fp8", "remat", "moe_impl", "capacity_factor",
+                   "aux_loss_weight", "z_loss_weight", "seq_aux_loss_weight", "router_bias_update_rate", "freeze")
 VISION_TRAINING_FIELDS = ("remat", "row_capacity")  # of model.vision
 
 

@@ -1,21 +1,26 @@
-"""Kernel benchmark: grouped matmul and attention, TFLOP/s per implementation.
+"""Kernel benchmark: grouped matmul and attention, TFLOP/s per implementation, and the rows of
+`kernels/auto_table.py` the measurements support.
 
   python experiments/bench_kernels.py                 # shapes chosen for the backend
-  python experiments/bench_kernels.py --only gmm --gmm 16384,2048,768,128 --iters 20
-  python experiments/bench_kernels.py --sweep         # GPU: also pallas under several block sizes
+  python experiments/bench_kernels.py --only gmm --gmm 65536,2048,1536,128 --iters 20
+  python experiments/bench_kernels.py --sweep         # GPU: also our kernels under several tilings
 
-GPU defaults: gmm m=16384 tokens, k=2048, n=768, g=128 experts with balanced and skewed group
-sizes, forward and forward+backward, for "pallas", "xla" (jax.lax.ragged_dot), "blocked" and a
-dense matmul of equal FLOPs; causal attention (bf16, D=128, 16 query / 4 KV heads, 32k tokens
-per batch) forward+backward at T = 2k, 8k, 32k for "pallas", "cudnn" and "xla". CPU defaults are
-tiny shapes (Pallas in interpret mode) so the script finishes in well under a minute; the CPU
-numbers only show that every path runs.
+GPU defaults (realistic MoE training shapes, bf16):
+- gmm: 8k tokens x top-8 = 65,536 rows through (a) Qwen3-30B-A3B's experts, hidden 2048 -> fused
+  gate/up 1536, 128 experts, balanced and skewed routing, and (b) DeepSeek-V3's, hidden 7168 ->
+  fused gate/up 4096, 256 experts, balanced; forward and forward+backward, for "mosaic" (ours,
+  Mosaic GPU), "triton" (ours, Triton), "tokamax" (when installed), "xla" (jax.lax.ragged_dot)
+  and "dense" (one matmul of the same FLOPs: the ceiling).
+- attention: causal, bf16, 16 query / 4 KV heads of 128, 32k tokens per batch, forward+backward at
+  T = 4k, 8k, 32k, for "pallas" (ours), "cudnn", "tokamax" and "xla" (T <= 8k: its T x T scores).
+CPU defaults are tiny shapes (our kernels in interpret mode) so the script finishes in about a
+minute; the CPU numbers only show that every path runs.
 
 FLOPs are the useful ones: gmm 2*m*k*n (x3 with the backward), attention 2*B*H*T*S*(D + Dv)
 halved when causal (x3.5 with the backward: the backward does 2.5x the forward's matmuls).
-Failures (a kernel that does not lower, out of memory) are reported in the table, not raised.
-Prints a markdown table; with $OUT set (or --out DIR) also writes bench_kernels.md and
-bench_kernels.json there. Name the card beside any number quoted from it.
+Failures (a kernel that does not lower, out of memory, tokamax missing) are reported in the table,
+not raised. Prints a markdown table and the auto-table rows; with $OUT set (or --out DIR) also
+writes bench_kernels.md and bench_kernels.json there. Name the card beside any number quoted.
 """
 
 from __future__ import annotations
@@ -32,10 +37,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxtrain.kernels import FlashBlocks, GmmTiling, attention, block_sizes, gmm, interpret_mode
+from jaxtrain.kernels.gmm_mosaic import MosaicGmmTiling
+from jaxtrain.kernels.tokamax_ops import installed as tokamax_installed
 
 # --sweep candidates (GPU): Triton tiles are powers of two >= 16.
 GMM_SWEEP = [GmmTiling(128, 64, 128, 4, 3), GmmTiling(128, 64, 128, 8, 3), GmmTiling(64, 64, 128, 4, 4),
              GmmTiling(128, 32, 256, 8, 3), GmmTiling(256, 64, 128, 8, 3)]
+MOSAIC_SWEEP = [MosaicGmmTiling(128, 128, 64, 128, 4), MosaicGmmTiling(128, 256, 64, 128, 3),
+                MosaicGmmTiling(64, 128, 64, 128, 6), MosaicGmmTiling(128, 128, 64, 128, 6)]
 ATTN_SWEEP = [FlashBlocks(128, 64, 64, 64, 8, 2, 4, 2), FlashBlocks(128, 128, 32, 32, 8, 2, 4, 2),
               FlashBlocks(64, 64, 64, 64, 4, 3, 4, 3), FlashBlocks(128, 64, 32, 64, 8, 3, 8, 2)]
 
@@ -81,13 +90,27 @@ def group_sizes(m: int, g: int, kind: str, seed: int = 0) -> np.ndarray:
   return sizes
 
 
-def bench_gmm(rows, m, k, n, g, dtype, iters, passes, sweep=False):
+GMM_IMPLS_GPU = ("mosaic", "triton", "tokamax", "xla", "dense")
+GMM_IMPLS_CPU = ("mosaic", "triton", "tokamax", "xla", "blocked", "dense")
+SWEEPS = {"triton": ("gmm", GMM_SWEEP, lambda t: f"triton{t.tm}x{t.tk}x{t.tn}w{t.num_warps}s{t.num_stages}"),
+          "mosaic": ("gmm_mosaic", MOSAIC_SWEEP,
+                     lambda t: f"mosaic{t.block_m}x{t.block_n}x{t.block_k}s{t.max_concurrent_steps}")}
+
+
+def _missing(impl):
+  """Why an implementation cannot be measured here (None: it can)."""
+  if impl == "tokamax" and not tokamax_installed():
+    return "tokamax not installed"
+  return None
+
+
+def bench_gmm(rows, m, k, n, g, dtype, iters, passes, impls, routings=("balanced", "skewed"), sweep=False):
   key = jax.random.key(0)
   k1, k2 = jax.random.split(key)
   lhs = jax.random.normal(k1, (m, k), dtype)
   rhs = jax.random.normal(k2, (g, k, n), dtype) * 0.05
   dense_rhs = rhs[0]
-  for kind in ("balanced", "skewed"):
+  for kind in routings:
     sizes = jnp.asarray(group_sizes(m, g, kind), jnp.int32)
     case = f"{m}x{k}x{n} g={g} {kind}"
     if kind == "skewed":
@@ -95,7 +118,10 @@ def bench_gmm(rows, m, k, n, g, dtype, iters, passes, sweep=False):
       case += f" (max {s.max()}, empty {(s == 0).sum()})"
     for mode in passes:
       flops = 2.0 * m * k * n * (3 if mode == "fwd+bwd" else 1)
-      for impl in ("pallas", "xla", "blocked", "dense"):
+      for impl in impls:
+        if _missing(impl):
+          rows.append(dict(section=f"gmm {mode}", case=case, impl=impl, ms=None, tflops=None, error=_missing(impl)))
+          continue
         if impl == "dense":
           def f(a, b, s):
             return jnp.dot(a, b, preferred_element_type=jnp.float32).astype(a.dtype)
@@ -104,11 +130,12 @@ def bench_gmm(rows, m, k, n, g, dtype, iters, passes, sweep=False):
           def f(a, b, s, impl=impl):
             return gmm(a, b, s, impl=impl)
           w = rhs
-        variants = [(impl, None)]
-        if sweep and impl == "pallas":
-          variants += [(f"pallas{t.tm}x{t.tk}x{t.tn}w{t.num_warps}s{t.num_stages}", t) for t in GMM_SWEEP]
-        for name, tiling in variants:
-          with block_sizes("gmm", tiling), block_sizes("tgmm", tiling):  # traced (and so read) inside
+        variants = [(impl, None, None)]
+        if sweep and impl in SWEEPS:
+          op, candidates, label = SWEEPS[impl]
+          variants += [(label(t), op, t) for t in candidates]
+        for name, op, tiling in variants:
+          with block_sizes(op or "gmm", tiling), block_sizes(("t" + op) if op else "tgmm", tiling):
             # A fresh function object per variant: jit caches traces by function identity.
             if mode == "fwd":
               fn = jax.jit(lambda a, b, s, f=f: f(a, b, s))
@@ -119,7 +146,8 @@ def bench_gmm(rows, m, k, n, g, dtype, iters, passes, sweep=False):
 
 # ----------------------------------------------------------------------------- attention
 
-def bench_attention(rows, seq_lens, tokens, heads, kv_heads, head_dim, dtype, iters, impls, sweep=False):
+def bench_attention(rows, seq_lens, tokens, heads, kv_heads, head_dim, dtype, iters, impls, sweep=False,
+                    xla_max_len=None):
   for T in seq_lens:
     B = max(1, tokens // T)
     key = jax.random.key(T)
@@ -135,6 +163,11 @@ def bench_attention(rows, seq_lens, tokens, heads, kv_heads, head_dim, dtype, it
                    for b in ATTN_SWEEP]
     for name, blocks in variants:
       impl = "pallas" if name.startswith("pallas") else name
+      skip = _missing(impl) or (f"skipped: T x T scores at T > {xla_max_len}"
+                                if impl == "xla" and xla_max_len and T > xla_max_len else None)
+      if skip:
+        rows.append(dict(section="attn fwd+bwd", case=case, impl=name, ms=None, tflops=None, error=skip))
+        continue
 
       def loss(q, k, v, impl=impl):
         return jnp.sum(attention(q, k, v, causal=True, impl=impl).astype(jnp.float32))
@@ -148,22 +181,57 @@ def bench_attention(rows, seq_lens, tokens, heads, kv_heads, head_dim, dtype, it
 
 def table(rows, device: str) -> str:
   out = [f"# Kernel benchmark on {device} (jax {jax.__version__})", "",
-         "| section | case | impl | ms | TFLOP/s | vs xla |", "|---|---|---|---:|---:|---:|"]
+         "| section | case | impl | ms | TFLOP/s | vs xla | vs dense |", "|---|---|---|---:|---:|---:|---:|"]
   ref = {(r["section"], r["case"]): r["ms"] for r in rows if r["impl"] == "xla" and r["ms"]}
+  dense = {(r["section"], r["case"]): r["ms"] for r in rows if r["impl"] == "dense" and r["ms"]}
   for r in rows:
-    base = ref.get((r["section"], r["case"]))
+    key = (r["section"], r["case"])
     if r["error"]:
-      out.append(f"| {r['section']} | {r['case']} | {r['impl']} | - | - | {r['error']} |")
-    else:
-      speed = f"{base / r['ms']:.2f}x" if base else "-"
-      out.append(f"| {r['section']} | {r['case']} | {r['impl']} | {r['ms']:.3f} | {r['tflops']:.2f} | {speed} |")
+      out.append(f"| {r['section']} | {r['case']} | {r['impl']} | - | - | {r['error']} | |")
+      continue
+    speed = f"{ref[key] / r['ms']:.2f}x" if key in ref else "-"
+    of_dense = f"{dense[key] / r['ms']:.0%}" if key in dense else "-"
+    out.append(f"| {r['section']} | {r['case']} | {r['impl']} | {r['ms']:.3f} | {r['tflops']:.2f} | {speed} | {of_dense} |")
   return "\n".join(out)
+
+
+# Which rows decide "auto": the training-relevant pass of each op, over the implementations a
+# config can name (no sweep variants, no dense ceiling).
+AUTO_SECTIONS = {"gmm": "gmm fwd+bwd", "attention": "attn fwd+bwd"}
+AUTO_CANDIDATES = {"gmm": ("mosaic", "triton", "pallas", "tokamax", "xla", "blocked"),
+                   "attention": ("pallas", "cudnn", "tokamax", "xla", "chunked")}
+
+
+def auto_rows(rows, platform: str, device: str, date: str) -> list[str]:
+  """`auto_table.AUTO` rows for this device kind: per op, the implementation with the best
+  geometric-mean TFLOP/s over the cases where it ran, among those that ran in every case."""
+  lines = []
+  for op, section in AUTO_SECTIONS.items():
+    cases = sorted({r["case"] for r in rows if r["section"] == section})
+    scores = {}
+    for impl in AUTO_CANDIDATES[op]:
+      got = [r["tflops"] for r in rows if r["section"] == section and r["impl"] == impl and r["tflops"]]
+      if cases and len(got) == len(cases):
+        scores[impl] = float(np.exp(np.mean(np.log(got))))
+    if scores:
+      best = max(scores, key=scores.get)
+      others = ", ".join(f"{i} {v:.3g}" for i, v in sorted(scores.items(), key=lambda kv: -kv[1]))
+      lines.append(f'AUTO["{op}"]: ("{platform}", "{device}", "{best}"),  # bench_kernels {date}, '
+                   f"geomean TFLOP/s over {len(cases)} {section} cases: {others}")
+  return lines
+
+
+# (m, k, n, g, routings): rows = tokens x top-k; k = hidden; n = fused gate/up width.
+GMM_CASES_GPU = [(65536, 2048, 1536, 128, ("balanced", "skewed")),  # Qwen3-30B-A3B experts, 8k tokens, top-8
+                 (65536, 7168, 4096, 256, ("balanced",))]  # DeepSeek-V3 experts, 8k tokens, top-8
+GMM_CASES_CPU = [(512, 64, 64, 8, ("balanced", "skewed"))]
 
 
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--only", choices=["gmm", "attention"], default=None)
-  p.add_argument("--gmm", default=None, help="m,k,n,g (default: per backend)")
+  p.add_argument("--gmm", default=None, help="m,k,n,g: one case, balanced and skewed (default: per backend)")
+  p.add_argument("--gmm-impls", default=None, help="comma-separated (default: per backend)")
   p.add_argument("--seq-lens", default=None, help="comma-separated T values (default: per backend)")
   p.add_argument("--tokens", type=int, default=None, help="tokens per attention batch (B = tokens // T)")
   p.add_argument("--heads", default=None, help="query,kv heads (default: per backend)")
@@ -171,8 +239,8 @@ def main(argv=None):
   p.add_argument("--dtype", default="bfloat16")
   p.add_argument("--iters", type=int, default=None)
   p.add_argument("--impls", default=None, help="attention implementations, comma-separated "
-                 "(default: pallas,xla and chunked on CPU, cudnn on GPU)")
-  p.add_argument("--sweep", action="store_true", help="also time the pallas kernels under several block sizes")
+                 "(default: pallas,xla,tokamax and chunked on CPU, cudnn on GPU)")
+  p.add_argument("--sweep", action="store_true", help="also time our kernels under several tilings")
   p.add_argument("--budget-s", type=float, default=BUDGET_S, help="timed seconds per case at most")
   p.add_argument("--out", default=os.environ.get("OUT"), help="folder for bench_kernels.md/.json (default $OUT)")
   args = p.parse_args(argv)
@@ -181,35 +249,45 @@ def main(argv=None):
   backend = jax.default_backend()
   device = jax.devices()[0].device_kind
   small = backend == "cpu"  # platform defaults: tiny shapes where there is no accelerator
-  m, k, n, g = map(int, (args.gmm or ("512,64,64,8" if small else "16384,2048,768,128")).split(","))
-  seq_lens = [int(x) for x in (args.seq_lens or ("64,128" if small else "2048,8192,32768")).split(",")]
+  if args.gmm:
+    cases = [(*map(int, args.gmm.split(",")), ("balanced", "skewed"))]
+  else:
+    cases = GMM_CASES_CPU if small else GMM_CASES_GPU
+  gmm_impls = args.gmm_impls.split(",") if args.gmm_impls else list(GMM_IMPLS_CPU if small else GMM_IMPLS_GPU)
+  seq_lens = [int(x) for x in (args.seq_lens or ("64,128" if small else "4096,8192,32768")).split(",")]
   tokens = args.tokens or (256 if small else 32768)
   heads, kv_heads = map(int, (args.heads or ("2,1" if small else "16,4")).split(","))
   head_dim = args.head_dim or (32 if small else 128)
   iters = args.iters or (2 if small else 10)
   dtype = jnp.dtype(args.dtype)
   # chunked is the default off GPU; on GPU it is opt-in (--impls) to keep gpu_check.sh's budget.
-  impls = args.impls.split(",") if args.impls else ["pallas", "xla"] + (["chunked"] if small else ["cudnn"])
+  impls = args.impls.split(",") if args.impls else (["pallas", "xla", "tokamax"]
+                                                    + (["chunked"] if small else ["cudnn"]))
   print(f"backend={backend} device={device} jax={jax.__version__}", flush=True)
 
   rows: list[dict] = []
-  # Interpret mode where nothing compiles Pallas (CPU), so the pallas rows still run.
+  # Interpret mode where nothing compiles Pallas (CPU), so our kernels' rows still run.
   ctx = interpret_mode(True) if small else contextlib.nullcontext()
   with ctx:
     if args.only in (None, "gmm"):
-      bench_gmm(rows, m, k, n, g, dtype, iters, passes=("fwd", "fwd+bwd"), sweep=args.sweep and not small)
+      for m, k, n, g, routings in cases:
+        bench_gmm(rows, m, k, n, g, dtype, iters, passes=("fwd", "fwd+bwd"), impls=gmm_impls, routings=routings,
+                  sweep=args.sweep and not small)
     if args.only in (None, "attention"):
       bench_attention(rows, seq_lens, tokens, heads, kv_heads, head_dim, dtype, iters, impls,
-                      sweep=args.sweep and not small)
+                      sweep=args.sweep and not small, xla_max_len=None if small else 8192)
 
   text = table(rows, device)
+  auto = auto_rows(rows, backend, device, time.strftime("%Y-%m-%d"))
   print("\n" + text)
+  print("\nauto table rows for kernels/auto_table.py (fastest measured fwd+bwd per op on this device kind):")
+  print("\n".join("  " + line for line in auto) or "  (none: no implementation ran in every case)")
   if args.out:
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "bench_kernels.md"), "w") as f:
-      f.write(text + "\n")
+      f.write(text + "\n\nauto table rows:\n\n" + "\n".join(auto) + "\n")
     with open(os.path.join(args.out, "bench_kernels.json"), "w") as f:
-      json.dump(dict(device=device, backend=backend, jax=jax.__version__, rows=rows), f, indent=1)
+      json.dump(dict(device=device, backend=backend, jax=jax.__version__, rows=rows, auto=auto), f, indent=1)
   return 0
 
 

@@ -7,7 +7,8 @@ memory, jaxtrain's compile time and MFU where the device's peak is known.
 
     python experiments/bench_train.py                      # CPU: quickstart-sized MoE
     python experiments/bench_train.py --preset gpu-moe     # one 80 GB GPU, bf16
-    python experiments/bench_train.py --preset gpu-dense-1b --frameworks jaxtrain,torch-eager
+    python experiments/bench_train.py --preset gpu-dense-1b --frameworks jaxtrain,jaxtrain-fp8,torch-eager
+    python experiments/bench_train.py --preset gpu-dsv3-moe    # DeepSeek-V3-like MoE (MLA, 64 experts)
     python experiments/bench_train.py --preset cpu-vlm     # Qwen3-VL-MoE-style, 4 images per row
 
 Vision-language presets (`images`: pictures per row) feed both frameworks the same token rows
@@ -16,6 +17,8 @@ vision tower and projector alone (forward + backward: "vision ms") and, for jaxt
 blocks alone, so the table shows where the tower's time goes. Tokens/s counts text and
 placeholder tokens (the language model's tokens).
 
+"jaxtrain-fp8" is jaxtrain with `model.fp8=True` (FP8 GEMMs with fine-grained scaling; "native" on
+GPU); its MFU is against the same bf16 peak, so it compares directly with the bf16 row.
 Prints a table; with --out (or $OUT set) also writes it as JSON and markdown.
 """
 
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
@@ -41,6 +45,17 @@ PRESETS = {
     "gpu-dense-1b": dict(model=dict(arch="qwen3", vocab_size=32768, hidden_size=2048, num_layers=16, num_heads=16,
                                     num_kv_heads=8, head_dim=128, intermediate_size=8192, num_experts=0,
                                     rope_theta=1e6, remat="save_dots"),
+                         batch=8, seq=2048, dtype="bfloat16", steps=10, warmup=3),
+    # DeepSeek-V3-like: MLA, sigmoid group routing with the aux-free bias, one shared expert, first
+    # layer dense, 64 routed experts top-6 of width 1024 (~3.2B total, ~0.6B active parameters;
+    # fp32 masters + AdamW ~52 GB).
+    "gpu-dsv3-moe": dict(model=dict(arch="deepseek_v3", vocab_size=32768, hidden_size=2048, num_layers=8,
+                                    num_heads=16, attention="mla", q_lora_rank=768, kv_lora_rank=512,
+                                    qk_nope_head_dim=128, qk_rope_head_dim=64, v_head_dim=128, qk_norm=False,
+                                    intermediate_size=8192, num_experts=64, num_experts_per_tok=6,
+                                    moe_intermediate_size=1024, shared_expert_intermediate_size=1024,
+                                    first_k_dense=1, router="sigmoid_group", n_group=8, topk_group=4,
+                                    routed_scaling_factor=2.5, rope_theta=1e4, remat="save_dots"),
                          batch=8, seq=2048, dtype="bfloat16", steps=10, warmup=3),
     # Qwen3-MoE-style, 64 experts top-8 (~2.1B total, ~0.5B active parameters).
     "gpu-moe": dict(model=dict(vocab_size=32768, hidden_size=1024, num_layers=16, num_heads=16, num_kv_heads=4,
@@ -68,7 +83,7 @@ PRESETS["gpu-vlm"] = dict(
                            deepstack_layers=(8, 16, 24), image_token_id=32000, video_token_id=32001,
                            row_capacity=16384, remat="full")),
     batch=4, seq=4096, images=16, image_side=448, dtype="bfloat16", steps=10, warmup=3)
-FRAMEWORKS = ("jaxtrain", "torch-eager", "torch-compile")
+FRAMEWORKS = ("jaxtrain", "jaxtrain-fp8", "torch-eager", "torch-compile")
 
 
 def vlm_rows(spec: dict, cfg):
@@ -103,9 +118,12 @@ def _peak_rss_mb() -> float:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def jaxtrain_step(spec: dict):
+def jaxtrain_step(spec: dict, lora: dict | None = None):
   """The compiled jaxtrain train step for a preset spec, with its initial state and one batch:
-  `(compiled, state, batch, cfg, mesh, compile_s)`. Also used by experiments/profile_step.py."""
+  `(compiled, state, batch, cfg, mesh, compile_s)`. `lora`: the run's `lora` section (e.g.
+  `{"rank": 16, "quantize": "nf4"}`; default full fine-tuning); what trains and what stays
+  frozen is decided as in the Trainer (posttrain/setup.py). Also used by
+  experiments/profile_step.py and experiments/bench_lora.py."""
   import jax
   import jax.numpy as jnp
   import numpy as np
@@ -113,25 +131,27 @@ def jaxtrain_step(spec: dict):
   from jaxtrain.train.run_config import load_config
   from jaxtrain.models.config import ModelConfig
   from jaxtrain.parallel.mesh import make_mesh, mesh_context
+  from jaxtrain.posttrain import methods, setup
   from jaxtrain.train import state as state_lib
-  from jaxtrain.models import factory
-  from jaxtrain.parallel import rules
   from jaxtrain.train.optimizer import make_optimizer, schedule
   from jaxtrain.train.step import make_train_step
-  from jaxtrain.train.vision_batch import model_batch
+  from jaxtrain.models.vision.inputs import model_batch
 
-  config = load_config(base={"model": {**spec["model"], "dtype": spec["dtype"]},
+  config = load_config(base={"model": {**spec["model"], "dtype": spec["dtype"], "fp8": bool(spec.get("fp8"))},
                              "train": {"global_batch": spec["batch"], "steps": 1000, "warmup_steps": 10},
-                             "data": {"seq_len": spec["seq"]}})
+                             "data": {"seq_len": spec["seq"]}, "lora": lora or {}})
   cfg = ModelConfig.from_config(config.model, config.kernels)
   mesh = make_mesh(config.mesh)
   B, T = spec["batch"], spec["seq"]
+  objective = methods.make(config)
   with mesh_context(mesh):
-    graphdef, abstract, _ = factory.abstract_model(cfg)
-    shardings = rules.param_shardings(abstract, mesh)
+    plan = setup.plan(config, cfg, mesh, objective)
     tx = make_optimizer(config.train)
-    state_sh = state_lib.state_shardings(tx, abstract, shardings, mesh)
-    state = state_lib.init_state(state_lib.init_params(cfg, 0, shardings), tx, state_sh, 0)
+    model_state_sh = state_lib.model_state_shardings(plan.abstract_model_state, mesh)
+    state_sh = state_lib.state_shardings(tx, plan.abstract_params, plan.params_sharding, mesh, model_state_sh)
+    params, frozen = plan.split(state_lib.init_params(cfg, 0, plan.base_sharding))
+    state = state_lib.init_state(params, tx, state_sh, 0, state_lib.init_model_state(cfg, 0, model_state_sh))
+    state = state.replace(frozen=frozen)
     rng = np.random.default_rng(0)
     ids = rng.integers(0, cfg.vocab_size, (B, T + 1)).astype(np.int32)
     pixels = {}
@@ -141,23 +161,29 @@ def jaxtrain_step(spec: dict):
              "segment_ids": np.ones((B, T), np.int32), "positions": np.tile(np.arange(T, dtype=np.int32), (B, 1)),
              **pixels}
     batch = {k: jnp.asarray(v) for k, v in model_batch(cfg, batch, T).items()}
-    step = jax.jit(make_train_step(graphdef, cfg, config.train, tx, schedule(config.train)), donate_argnums=(0,))
+    step = jax.jit(make_train_step(plan.parts.graphdef, cfg, config.train, tx, schedule(config.train),
+                                   objective=objective, parts=plan.parts), donate_argnums=(0,))
     t0 = time.perf_counter()
     compiled = step.lower(state, batch).compile()
     compile_s = time.perf_counter() - t0
   return compiled, state, batch, cfg, mesh, compile_s
 
 
-def run_jaxtrain(spec: dict) -> dict:
+def run_jaxtrain(spec: dict, lora: dict | None = None, name: str = "jaxtrain") -> dict:
   import jax
   import numpy as np
 
+  from jaxtrain.parallel import memory
   from jaxtrain.parallel.mesh import mesh_context
+  from jaxtrain.posttrain.qlora import QuantizedWeight
   from jaxtrain.train import flops
   from jaxtrain.train import state as state_lib
 
-  compiled, state, batch, cfg, mesh, compile_s = jaxtrain_step(spec)
+  compiled, state, batch, cfg, mesh, compile_s = jaxtrain_step(spec, lora)
   B, T = spec["batch"], spec["seq"]
+  state_bytes = sum(memory.bytes_per_device(t) for t in (state.params, state.opt_state, state.frozen))
+  weights = jax.tree.leaves((state.params, state.frozen), is_leaf=lambda x: isinstance(x, QuantizedWeight))
+  total_params = sum(math.prod(w.shape) for w in weights)  # a QLoRA base's weights counted once, not as codes
   with mesh_context(mesh):
     times, losses = [], []
     for i in range(spec["warmup"] + spec["steps"]):
@@ -170,15 +196,19 @@ def run_jaxtrain(spec: dict) -> dict:
   step_s = float(np.median(times))
   device = jax.devices()[0]
   stats = device.memory_stats() or {}
-  peak_mb = stats.get("peak_bytes_in_use", 0) / 2**20 if device.platform != "cpu" else _peak_rss_mb()
+  # Backends with their own device memory report its peak; on the CPU it is the process's memory.
+  peak_mb = stats["peak_bytes_in_use"] / 2**20 if "peak_bytes_in_use" in stats else _peak_rss_mb()
   fpt = flops.train_flops_per_token(cfg, T)
   peak = flops.device_peak(cfg.dtype)
   tps = B * T / step_s
   extra = jaxtrain_vision_times(cfg, state, batch, mesh, spec) if cfg.vision.enabled else {}
-  return {"framework": "jaxtrain", "device": device.device_kind, "tokens_per_sec": tps, "step_ms": step_s * 1e3,
+  if spec.get("fp8") and name == "jaxtrain":
+    name = "jaxtrain-fp8"
+  return {"framework": name, "device": device.device_kind, "tokens_per_sec": tps, "step_ms": step_s * 1e3,
           "peak_mem_mb": peak_mb, "compile_s": compile_s, "mfu": flops.mfu(fpt, tps, mesh.size, peak),
-          "loss_first": losses[0], "params": state_lib.count_params(state.params),
-          "gmm": cfg.gmm_impl, "attention": cfg.attention_impl, **extra}
+          "loss_first": losses[0], "params": total_params, "trainable": state_lib.count_params(state.params),
+          "state_mb": state_bytes / 2**20, "gmm": cfg.gmm_impl, "attention": cfg.attention_impl,
+          "fp8": cfg.fp8_gemms, **extra}
 
 
 def _median_ms(fn, warmup: int, steps: int) -> float:
@@ -228,7 +258,9 @@ def jaxtrain_vision_times(cfg, state, batch, mesh, spec) -> dict:
   return {"vision_ms": vision_ms, "vision_blocks_ms": blocks_ms}
 
 
-def run_torch(spec: dict, compiled: bool) -> dict:
+def run_torch(spec: dict, compiled: bool, wrap=None, name: str | None = None) -> dict:
+  """transformers + PyTorch on the same architecture. `wrap(model) -> model` (e.g. PEFT's
+  get_peft_model) runs before the optimizer is built over the parameters that require grad."""
   import numpy as np
   import torch
   import transformers
@@ -245,9 +277,11 @@ def run_torch(spec: dict, compiled: bool) -> dict:
   torch.manual_seed(0)
   auto = transformers.AutoModelForImageTextToText if cfg.vision.enabled else transformers.AutoModelForCausalLM
   model = auto.from_config(hf_config).to(device)
+  if wrap is not None:
+    model = wrap(model)
   model.train()
-  opt = torch.optim.AdamW(model.parameters(), lr=3e-4, betas=(0.9, 0.95), weight_decay=0.1,
-                          fused=device == "cuda")
+  trainable = [p for p in model.parameters() if p.requires_grad]
+  opt = torch.optim.AdamW(trainable, lr=3e-4, betas=(0.9, 0.95), weight_decay=0.1, fused=device == "cuda")
   autocast = spec["dtype"] != "float32"
   amp_dtype = getattr(torch, spec["dtype"]) if autocast else None
   B, T = spec["batch"], spec["seq"]
@@ -266,7 +300,7 @@ def run_torch(spec: dict, compiled: bool) -> dict:
       logits = model(input_ids=inputs, **vision).logits
     loss = torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1))
     loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    torch.nn.utils.clip_grad_norm_(trainable, 1.0)
     opt.step()
     opt.zero_grad(set_to_none=True)
     return loss
@@ -304,11 +338,14 @@ def run_torch(spec: dict, compiled: bool) -> dict:
       if i >= spec["warmup"]:
         tower_times.append(time.perf_counter() - t0)
     extra["vision_ms"] = float(np.median(tower_times)) * 1e3
-  return {**extra, "framework": "torch-compile" if compiled else "torch-eager",
+  state_bytes = sum(p.numel() * p.element_size() for p in model.parameters()) + sum(
+      t.numel() * t.element_size() for s in opt.state.values() for t in s.values() if torch.is_tensor(t))
+  return {**extra, "framework": name or ("torch-compile" if compiled else "torch-eager"),
           "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
           "tokens_per_sec": B * T / step_s, "step_ms": step_s * 1e3, "peak_mem_mb": peak_mb,
           "compile_s": compile_s, "mfu": None, "loss_first": loss,
-          "params": sum(p.numel() for p in model.parameters()),
+          "params": sum(p.numel() for p in model.parameters()), "trainable": sum(p.numel() for p in trainable),
+          "state_mb": state_bytes / 2**20,
           "attention": getattr(hf_config, "_attn_implementation", None), "torch_threads": torch.get_num_threads()}
 
 
@@ -353,6 +390,14 @@ def table(results: list[dict], baseline: str = "torch-eager") -> str:
   return "\n".join(rows)
 
 
+def _write(out: str, preset: str, spec: dict, results: list[dict]) -> None:
+  os.makedirs(out, exist_ok=True)
+  with open(os.path.join(out, f"bench_train_{preset}.json"), "w") as f:
+    json.dump({"preset": preset, "spec": spec, "results": results}, f, indent=2)
+  with open(os.path.join(out, f"bench_train_{preset}.md"), "w") as f:
+    f.write(f"preset {preset}: batch {spec['batch']} x seq {spec['seq']}, {spec['dtype']}\n\n" + table(results) + "\n")
+
+
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   p.add_argument("--preset", default=None, choices=sorted(PRESETS),
@@ -370,7 +415,10 @@ def main(argv=None) -> int:
 
   if args.worker:
     spec = json.loads(args.spec)
-    result = run_jaxtrain(spec) if args.worker == "jaxtrain" else run_torch(spec, args.worker == "torch-compile")
+    if args.worker.startswith("jaxtrain"):
+      result = run_jaxtrain({**spec, "fp8": args.worker == "jaxtrain-fp8"})
+    else:
+      result = run_torch(spec, args.worker == "torch-compile")
     print(json.dumps(result))
     return 0
 
@@ -393,14 +441,9 @@ def main(argv=None) -> int:
     results.append(r)
     print(f"  {framework}: " + (r.get("error") or f"{r['tokens_per_sec']:,.0f} tokens/s, {r['step_ms']:.1f} ms/step"),
           flush=True)
-  text = table(results)
-  print(text)
-  if args.out:
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, f"bench_train_{args.preset}.json"), "w") as f:
-      json.dump({"preset": args.preset, "spec": spec, "results": results}, f, indent=2)
-    with open(os.path.join(args.out, f"bench_train_{args.preset}.md"), "w") as f:
-      f.write(text + "\n")
+    if args.out:  # after every framework: a later timeout keeps what was measured
+      _write(args.out, args.preset, spec, results)
+  print(table(results))
   return 0
 
 

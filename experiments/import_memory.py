@@ -26,7 +26,7 @@ subprocess per (writer, shard size), and the writer's share of host memory is me
   write peak high-water RSS while writing (VmHWM, reset with /proc/self/clear_refs on entry)
   writer     write peak - at write: host memory the writer needed on top of the parameters
 
-Writers: `streaming` is `safetensors_io.write_sharded` (header first, then one tensor at a time
+Writers: `streaming` is `safetensors_write.write_sharded` (header first, then one tensor at a time
 from the callback); `library` is `write_sharded_library` below (each shard's tensors collected
 and written with `safetensors.numpy.save_file`, which needs all of them in memory at once);
 `produce-only` calls the export's callback for every tensor and writes nothing: the memory that
@@ -113,11 +113,12 @@ def build(directory: str, args) -> dict:
 
 
 def write_sharded_library(out_dir, tensors, produce, *, max_shard_bytes, bar=None, extra_metadata=None):
-  """`safetensors_io.write_sharded` done with the library's writer: the same shard plan and
+  """`safetensors_write.write_sharded` done with the library's writer: the same shard plan and
   index, but each shard's tensors are produced first and written by `safetensors.numpy.save_file`
   (which takes a dict of arrays, so a whole shard is in host memory at once)."""
   from safetensors.numpy import save_file
-  from jaxtrain.converters.safetensors_io import SAFETENSORS_INDEX, plan_shards
+  from jaxtrain.converters.safetensors_io import SAFETENSORS_INDEX
+  from jaxtrain.converters.safetensors_write import plan_shards
   shards = plan_shards(tensors, max_shard_bytes)
   names = [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
   weight_map, total = {}, 0

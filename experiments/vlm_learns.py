@@ -1,6 +1,6 @@
 """Does the vision path learn? The tiny Qwen3-VL-MoE and InternVL models of
 configs/qwen3_vl_tiny.py and configs/internvl_tiny.py trained on synthetic pictures whose
-questions need the pixels, through the training batch contract (jaxtrain/train/vision_batch.py:
+questions need the pixels, through the training batch contract (jaxtrain/models/vision/inputs.py:
 token rows + the processor's pixel arrays -> per-row layout -> the jitted train step); then
 held-out answer accuracy next to the same run with blank images (which can only learn the
 answer prior: chance for balanced answers).
@@ -149,7 +149,7 @@ def run(config_path, *, steps, rows, blank, seed=0):
   from jaxtrain.train.optimizer import make_optimizer, schedule
   from jaxtrain.train.run_config import load_config
   from jaxtrain.train.step import make_train_step
-  from jaxtrain.train.vision_batch import model_batch
+  from jaxtrain.models.vision.inputs import model_batch
 
   seq = 24
   config = load_config(config_path, [f"--config.train.steps={steps}", "--config.train.warmup_steps=20",

@@ -7,13 +7,14 @@
 Config files start from `jaxtrain.defaults()` (every section with its defaults).
 """
 
-from jaxtrain.config import ConfigError
-
 __version__ = "0.1.0"
 
-# Heavy imports (JAX, Orbax, Grain) happen on first use, not on `import jaxtrain`.
+# Heavy imports (JAX, Orbax, Grain, ml_collections) happen on first use, not on `import jaxtrain`:
+# `import jaxtrain.kernels` needs JAX only (a GPU machine without Grain or ml_collections can run
+# the kernels).
 _LAZY = {
-    "Trainer": "jaxtrain.train.trainer",
+    "ConfigError": "jaxtrain.config",
+    "Trainer": "jaxtrain.train.launch",  # the trainer of config.train.method
     "load_config": "jaxtrain.train.run_config",
     "defaults": "jaxtrain.train.run_config",
     "from_pretrained": "jaxtrain.converters",

@@ -1,4 +1,5 @@
-"""Command line: python -m jaxtrain.main --config configs/X.py [--config.KEY=VALUE ...]"""
+"""Command line: python -m jaxtrain.main --config configs/X.py [--config.KEY=VALUE ...]
+(also `jaxtrain train ...`)."""
 
 from __future__ import annotations
 
@@ -7,11 +8,16 @@ import logging
 import sys
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(prog: str = "python -m jaxtrain.main") -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
-      prog="python -m jaxtrain.main",
-      description="Train a model from an ml_collections config file. Extra --config.KEY=VALUE "
-                  "arguments override single keys (e.g. --config.train.steps=100).")
+      prog=prog,
+      description="Train a model from a config file (a Python file whose get_config() returns any part of "
+                  "jaxtrain.defaults()). Extra --config.KEY=VALUE arguments override single keys (e.g. "
+                  "--config.train.steps=100). Re-running the same command on the same workdir resumes from its "
+                  "latest checkpoint. Writes metrics.jsonl, TensorBoard events (tensorboard --logdir WORKDIR), "
+                  "config.json and checkpoints/ into config.workdir.",
+      epilog="Every key with its default and meaning: docs/config-reference.md. Multi-host launches (SLURM, "
+             "Kubernetes, plain hosts): docs/multi-host.md.")
   parser.add_argument("--config", required=True, help="path to a config file defining get_config()")
   multi = parser.add_argument_group(
       "multi-process launch (one process per host, all with the same arguments except --process-id; "
@@ -22,9 +28,9 @@ def _parser() -> argparse.ArgumentParser:
   return parser
 
 
-def parse_launch(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+def parse_launch(argv: list[str], prog: str = "python -m jaxtrain.main") -> tuple[argparse.Namespace, list[str]]:
   """(known arguments, --config.KEY=VALUE overrides)."""
-  parser = _parser()
+  parser = _parser(prog)
   args, rest = parser.parse_known_args(argv)
   overrides = []
   for item in rest:
@@ -44,26 +50,32 @@ def report(summary: dict, workdir: str) -> str:
   lines = [f"workdir: {workdir}"]
   if summary.get("train_loss") is not None:
     lines.append(f"final train loss: {summary['train_loss']:.4f} nats/token after {summary['steps']} steps")
+  if summary.get("rewards"):
+    r = summary["rewards"]
+    lines.append(f"mean reward:      {r[0]:.3f} at the first rollout, {r[-1]:.3f} at the last "
+                 f"(best {max(r):.3f})")
   if summary.get("eval_loss") is not None:
     line = f"held-out loss:    {summary['eval_loss']:.4f} nats/token"
     if summary.get("unigram_loss") is not None:
       line += f" (unigram baseline {summary['unigram_loss']:.4f})"
     lines.append(line)
   if summary.get("tokens_per_sec"):
-    lines.append(f"throughput:       {summary['tokens_per_sec']:,.0f} tokens/s")
+    what = "rollout tokens/s" if summary.get("rewards") else "tokens/s"
+    lines.append(f"throughput:       {summary['tokens_per_sec']:,.0f} {what}")
   if summary.get("sample") is not None:
     lines.append("sample:\n" + summary["sample"])
   return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str = "python -m jaxtrain.main") -> int:
   setup_logging()
   from jaxtrain.config import ConfigError
   from jaxtrain.parallel import distributed
   from jaxtrain.train.run_config import load_config
-  from jaxtrain.train.trainer import Preempted, Trainer, exit_code_for
+  from jaxtrain.train.launch import Trainer
+  from jaxtrain.train.trainer import Preempted, exit_code_for
 
-  args, overrides = parse_launch(sys.argv[1:] if argv is None else argv)
+  args, overrides = parse_launch(sys.argv[1:] if argv is None else argv, prog)
   path = args.config
   try:  # before anything asks JAX for devices
     distributed.initialize(args.coordinator, args.num_processes, args.process_id)

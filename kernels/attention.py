@@ -17,11 +17,16 @@ Implementations (`impl`):
   (decoding) use the reference.
 - "cudnn": `jax.nn.dot_product_attention(implementation="cudnn")` on CUDA GPUs; features it
   lacks (sinks, explicit positions, fp32, ...) use the reference.
+- "tokamax": `tokamax_ops.attention_tokamax`, tokamax's flash attention (optional extra; an error
+  if not installed): packed documents and sliding windows as per-query key ranges; sinks,
+  explicit positions and decoding use the reference.
 - "chunked": `attention_chunked.chunked_attention`, the same blockwise algorithm in pure JAX
   (lax.scan, custom VJP): O(T) memory on every backend, and faster than the reference on CPU
   from T=512 on; calls that fit in one block are the reference.
-- "auto": "pallas" on GPU (covers every feature with O(T) memory; pending measured numbers from
-  experiments/bench_kernels.py), "chunked" everywhere else (CPU, TPU, NPU plugins).
+- "auto": the row of `auto_table.AUTO` for this platform and device kind: "pallas" on GPU
+  (covers every feature with O(T) memory; pending measured numbers from
+  experiments/bench_kernels.py), "chunked" on CPU (measured), the reference elsewhere (TPU,
+  PJRT plugins such as NPUs: "chunked" runs there too and is one config key away).
 """
 
 from __future__ import annotations
@@ -31,13 +36,13 @@ from jaxtrain.kernels.attention_chunked import chunked_attention
 from jaxtrain.kernels.attention_xla import attention_reference
 from jaxtrain.kernels.cudnn_attention import cudnn_attention
 from jaxtrain.kernels.flash_attention import flash_attention
+from jaxtrain.kernels.tokamax_ops import attention_tokamax
 
 dispatch.register("attention", "xla", attention_reference, reference=True)
 dispatch.register("attention", "pallas", flash_attention)
 dispatch.register("attention", "cudnn", cudnn_attention)
 dispatch.register("attention", "chunked", chunked_attention)
-dispatch.set_auto("attention", "gpu", "pallas")
-dispatch.set_auto("attention", "*", "chunked")
+dispatch.register("attention", "tokamax", attention_tokamax)
 
 
 def attention(q, k, v, *, q_segment_ids=None, kv_segment_ids=None, q_positions=None, kv_positions=None,

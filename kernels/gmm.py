@@ -11,11 +11,16 @@ Implementations:
 - "blocked": pure JAX; each group's rows are padded to a multiple of `block_rows` and every block
   is multiplied by its group's matrix in one batched matmul. Costs only the active FLOPs plus
   padding, on any backend; the fastest choice on CPU.
-- "pallas": `gmm_pallas.gmm_pallas` / `tgmm_pallas` (custom_vjp pair); compiled on GPU (Triton
-  backend), interpret mode anywhere (`pallas_backend.interpret_mode()` or
-  JAXTRAIN_PALLAS_INTERPRET=1), else the reference with one log line.
-- "auto": "blocked" on CPU, "pallas" on GPU (pending measured numbers from
-  experiments/bench_kernels.py), the reference elsewhere.
+- "mosaic": `gmm_mosaic` (Pallas Mosaic GPU: TMA + WGMMA, persistent, Hopper sm_90 only,
+  16-bit inputs; fp32 inputs go to the Triton kernel with one log line).
+- "triton": `gmm_pallas` (Pallas Triton backend: any CUDA GPU, fp32 at full precision).
+- "pallas": our kernel for this device and JAX: "mosaic" on sm_90 from JAX 0.11, "triton"
+  elsewhere (`pallas_backend.gpu_kernel_backend`). Our kernels also run in Pallas' interpreters
+  anywhere (`pallas_backend.interpret_mode()` or JAXTRAIN_PALLAS_INTERPRET=1); where they can run
+  neither way, the reference runs, with one log line.
+- "tokamax": `tokamax.ragged_dot_general` (optional extra; an error if not installed).
+- "auto": the row of `auto_table.AUTO` for this platform and device kind ("blocked" on CPU,
+  "pallas" on GPU until measured).
 """
 
 from __future__ import annotations
@@ -24,8 +29,11 @@ import jax
 import jax.numpy as jnp
 
 from jaxtrain.kernels import dispatch
+from jaxtrain.kernels import pallas_backend as pb
 from jaxtrain.kernels.gmm_blocked import gmm_blocked, tgmm_blocked
+from jaxtrain.kernels.gmm_mosaic import gmm_mosaic, supports, tgmm_mosaic
 from jaxtrain.kernels.gmm_pallas import gmm_pallas, tgmm_pallas
+from jaxtrain.kernels.tokamax_ops import gmm_tokamax, tgmm_tokamax
 
 
 def _out_dtype(lhs, preferred_element_type):
@@ -50,16 +58,41 @@ def tgmm_reference(lhs, grad, group_sizes, *, num_groups=None, preferred_element
   return out.astype(_out_dtype(lhs, preferred_element_type))
 
 
-dispatch.register("gmm", "xla", gmm_reference, reference=True)
-dispatch.register("gmm", "blocked", gmm_blocked)
-dispatch.register("tgmm", "xla", tgmm_reference, reference=True)
-dispatch.register("tgmm", "blocked", tgmm_blocked)
-dispatch.register("gmm", "pallas", gmm_pallas)
-dispatch.register("tgmm", "pallas", tgmm_pallas)
-dispatch.set_auto("gmm", "cpu", "blocked")
-dispatch.set_auto("tgmm", "cpu", "blocked")
-dispatch.set_auto("gmm", "gpu", "pallas")
-dispatch.set_auto("tgmm", "gpu", "pallas")
+def _mosaic_or_triton(mosaic_fn, triton_fn, name):
+  """Mosaic GPU for 16-bit inputs; fp32 inputs (WGMMA would round them to TF32) go to the
+  Triton kernel, which multiplies them at full precision."""
+
+  def fn(lhs, other, group_sizes, **kwargs):
+    if supports(lhs.dtype, other.dtype):
+      return mosaic_fn(lhs, other, group_sizes, **kwargs)
+    dispatch.warn_once(f"{name} impl 'mosaic' takes 16-bit inputs; {jnp.dtype(lhs.dtype).name} runs the Triton kernel")
+    return triton_fn(lhs, other, group_sizes, **kwargs)
+
+  fn.supported = pb.can_run_mosaic
+  return fn
+
+
+def _ours(mosaic_fn, triton_fn):
+  """"pallas": the kernel family `gpu_kernel_backend` picks for this device and JAX."""
+
+  def fn(lhs, other, group_sizes, **kwargs):
+    return (mosaic_fn if pb.gpu_kernel_backend() == "mosaic" else triton_fn)(lhs, other, group_sizes, **kwargs)
+
+  fn.supported = lambda: (pb.can_run_mosaic() if pb.gpu_kernel_backend() == "mosaic" else pb.can_run())
+  return fn
+
+
+_gmm_mosaic = _mosaic_or_triton(gmm_mosaic, gmm_pallas, "gmm")
+_tgmm_mosaic = _mosaic_or_triton(tgmm_mosaic, tgmm_pallas, "tgmm")
+for op, reference, blocked, triton, mosaic, tokamax in (
+    ("gmm", gmm_reference, gmm_blocked, gmm_pallas, _gmm_mosaic, gmm_tokamax),
+    ("tgmm", tgmm_reference, tgmm_blocked, tgmm_pallas, _tgmm_mosaic, tgmm_tokamax)):
+  dispatch.register(op, "xla", reference, reference=True)
+  dispatch.register(op, "blocked", blocked)
+  dispatch.register(op, "triton", triton)
+  dispatch.register(op, "mosaic", mosaic)
+  dispatch.register(op, "pallas", _ours(mosaic, triton))
+  dispatch.register(op, "tokamax", tokamax)
 
 
 def gmm(lhs, rhs, group_sizes, *, transpose_rhs=False, preferred_element_type=None, impl="auto"):

@@ -1,5 +1,6 @@
-"""Pallas grouped matmul: `gmm` (expert forward / input gradient) and `tgmm` (weight gradient),
-tied together with `jax.custom_vjp`.
+"""Pallas grouped matmul on the Triton backend (any CUDA GPU; the fallback before Hopper, on
+Blackwell and on JAX 0.10; `gmm_mosaic` is the Hopper kernel): `gmm` (expert forward / input
+gradient) and `tgmm` (weight gradient), tied together by the custom VJP of `gmm_autodiff`.
 
 Layout and grid. Rows of `lhs` are cut into fixed tiles of `tm` rows (tile i covers rows
 [i*tm, (i+1)*tm)); the grid is static: (row tiles, column tiles) for gmm, (groups, k tiles,
@@ -31,6 +32,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 
 from jaxtrain.kernels import pallas_backend as pb
+from jaxtrain.kernels.gmm_autodiff import grouped_matmuls, public_pair
 
 _BIG = jnp.iinfo(jnp.int32).max
 
@@ -219,75 +221,9 @@ def _tgmm_call(lhs, grad, group_sizes, *, num_groups, out_dtype, tiling, interpr
 
 # ----------------------------------------------------------------------------- autodiff
 
-@dataclasses.dataclass(frozen=True)
-class _Cfg:
-  out_dtype: jnp.dtype
-  tiling: GmmTiling | None
-  interpret: bool
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
-def _gmm(lhs, rhs, group_sizes, transpose_rhs, cfg):
-  return _gmm_call(lhs, rhs, group_sizes, transpose_rhs=transpose_rhs, out_dtype=cfg.out_dtype,
-                   tiling=cfg.tiling, interpret=cfg.interpret)
-
-
-def _gmm_fwd(lhs, rhs, group_sizes, transpose_rhs, cfg):
-  return _gmm(lhs, rhs, group_sizes, transpose_rhs, cfg), (lhs, rhs, group_sizes)
-
-
-def _gmm_bwd(transpose_rhs, cfg, res, grad):
-  lhs, rhs, group_sizes = res
-  d_lhs = _gmm_call(grad, rhs, group_sizes, transpose_rhs=not transpose_rhs, out_dtype=lhs.dtype,
-                    tiling=None, interpret=cfg.interpret)
-  if transpose_rhs:  # rhs[g] is [n, k]: d rhs[g] = grad_g^T lhs_g
-    d_rhs = _tgmm_call(grad, lhs, group_sizes, num_groups=rhs.shape[0], out_dtype=rhs.dtype, tiling=None,
-                       interpret=cfg.interpret)
-  else:
-    d_rhs = _tgmm_call(lhs, grad, group_sizes, num_groups=rhs.shape[0], out_dtype=rhs.dtype, tiling=None,
-                       interpret=cfg.interpret)
-  return d_lhs, d_rhs, None
-
-
-_gmm.defvjp(_gmm_fwd, _gmm_bwd)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
-def _tgmm(lhs, grad, group_sizes, num_groups, cfg):
-  return _tgmm_call(lhs, grad, group_sizes, num_groups=num_groups, out_dtype=cfg.out_dtype,
-                    tiling=cfg.tiling, interpret=cfg.interpret)
-
-
-def _tgmm_fwd(lhs, grad, group_sizes, num_groups, cfg):
-  return _tgmm(lhs, grad, group_sizes, num_groups, cfg), (lhs, grad, group_sizes)
-
-
-def _tgmm_bwd(num_groups, cfg, res, cot):
-  lhs, grad, group_sizes = res  # out[g] = lhs_g^T grad_g, cot[g] is [k, n]
-  d_lhs = _gmm_call(grad, cot, group_sizes, transpose_rhs=True, out_dtype=lhs.dtype, tiling=None,
-                    interpret=cfg.interpret)
-  d_grad = _gmm_call(lhs, cot, group_sizes, transpose_rhs=False, out_dtype=grad.dtype, tiling=None,
-                     interpret=cfg.interpret)
-  return d_lhs, d_grad, None
-
-
-_tgmm.defvjp(_tgmm_fwd, _tgmm_bwd)
-
-
-def gmm_pallas(lhs, rhs, group_sizes, *, transpose_rhs=False, preferred_element_type=None, tiling=None):
-  """Pallas `gmm` (same contract as `gmm_reference`); `tiling` forces tile sizes."""
-  out_dtype = jnp.dtype(lhs.dtype if preferred_element_type is None else preferred_element_type)
-  cfg = _Cfg(out_dtype, tiling, pb.interpret())
-  return _gmm(lhs, rhs, group_sizes.astype(jnp.int32), bool(transpose_rhs), cfg)
-
-
-def tgmm_pallas(lhs, grad, group_sizes, *, num_groups=None, preferred_element_type=None, tiling=None):
-  """Pallas `tgmm` (same contract as `tgmm_reference`); `tiling` forces tile sizes."""
-  out_dtype = jnp.dtype(lhs.dtype if preferred_element_type is None else preferred_element_type)
-  cfg = _Cfg(out_dtype, tiling, pb.interpret())
-  g = group_sizes.shape[0] if num_groups is None else int(num_groups)
-  return _tgmm(lhs, grad, group_sizes.astype(jnp.int32), g, cfg)
-
-
+_gmm, _tgmm = grouped_matmuls(_gmm_call, _tgmm_call)
+gmm_pallas, tgmm_pallas = public_pair(_gmm, _tgmm, pb.interpret)
+gmm_pallas.__doc__ = "Triton-backend Pallas `gmm` (same contract as `gmm_reference`); `tiling` forces tile sizes."
+tgmm_pallas.__doc__ = "Triton-backend Pallas `tgmm` (same contract as `tgmm_reference`); `tiling` forces tile sizes."
 gmm_pallas.supported = pb.can_run
 tgmm_pallas.supported = pb.can_run

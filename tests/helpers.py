@@ -8,8 +8,6 @@ import sys
 
 import numpy as np
 
-from jaxtrain.models.config import ModelConfig
-
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # See tests/conftest.py: compile fast, identically in every process of a test.
 FAST_COMPILE_FLAGS = "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false"
@@ -20,7 +18,10 @@ def xla_flags(devices: int) -> str:
   return f"--xla_force_host_platform_device_count={devices} {FAST_COMPILE_FLAGS}"
 
 
-def tiny_moe(**changes) -> ModelConfig:
+def tiny_moe(**changes):
+  """A tiny MoE `ModelConfig` (imported here: tests/conftest.py imports this module, and the kernel
+  tests must run where ml_collections is missing, e.g. the GPU check)."""
+  from jaxtrain.models.config import ModelConfig
   base = dict(vocab_size=64, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8,
               intermediate_size=48, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=16,
               max_position_embeddings=256, rope_theta=10000.0, gmm_impl="xla", attention_impl="xla")

@@ -1,18 +1,22 @@
-"""Vision-language models end to end: configs/qwen3_vl_tiny.py trains through the command line
-(byte-level text batches until the multimodal pipeline lands) and export-hf writes a directory transformers loads as Qwen3-VL-MoE with the same logits on an
-image; an InternVL run started from a Hugging Face directory (`model.init_from`) exports with
+"""Vision-language models end to end on real files: configs/qwen3_vl_tiny.py trains through the
+`jaxtrain train` command on the synthetic JSONL set (PNG images, mp4 videos) through the
+multimodal data pipeline, and export-hf writes a directory transformers loads as Qwen3-VL-MoE
+with the same logits on an image; an InternVL run (configs/internvl_tiny.py, same data through
+the InternVL processor) started from a Hugging Face directory (`model.init_from`) exports with
 the processor files of that directory."""
 
 from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 from tests.models import hf_vlm as H
-from tests.test_cli import run_cli
+from tests.helpers import REPO
 
 import jaxtrain
 from jaxtrain.converters import to_hf
@@ -22,7 +26,7 @@ from tests.converters.conftest import randomize
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-SHORT = ["--config.train.steps=2", "--config.train.global_batch=2", "--config.data.seq_len=64",
+SHORT = ["--config.train.steps=2", "--config.train.global_batch=2",
          "--config.train.log_every=1", "--config.train.warmup_steps=1", "--config.eval.batches=1",
          "--config.sample.enabled=false", "--config.train.progress=false", "--config.checkpoint.every=0"]
 
@@ -43,8 +47,15 @@ def image_inputs(cfg, side: int = 32) -> dict:
 @pytest.mark.slow
 def test_qwen3_vl_tiny_trains_and_exports_through_the_cli(tmp_path):
   workdir, out = str(tmp_path / "run"), str(tmp_path / "hf")
-  proc = run_cli("--config", "configs/qwen3_vl_tiny.py", f"--config.workdir={workdir}", *SHORT)
+  # the `jaxtrain` console script (next to the venv's python), as a user runs it; rows of one
+  # image (256 patches) keep the test small
+  cli = os.path.join(os.path.dirname(sys.executable), "jaxtrain")
+  proc = subprocess.run([cli, "train", "--config", "configs/qwen3_vl_tiny.py", f"--config.workdir={workdir}", *SHORT,
+                         "--config.data.seq_len=128", "--config.data.vision.max_patches=256",
+                         "--config.model.vision.row_capacity=256"], capture_output=True, text=True, timeout=600,
+                        cwd=REPO, env=dict(os.environ, JAX_PLATFORMS="cpu"))
   assert proc.returncode == 0, proc.stderr[-4000:]
+  assert "images" in proc.stdout + proc.stderr  # the pipeline's vision counters: pictures went through
   records = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
   assert [r["step"] for r in records if "loss" in r] == [1, 2] and all(np.isfinite(r["loss"]) for r in records
                                                                         if "loss" in r)
@@ -86,9 +97,13 @@ def test_internvl_from_hf_directory_exports_with_its_processor_files(tmp_path):
   assert tower and all(before.read(k).tobytes() == after.read(k).tobytes() for k in tower)
   assert not all(before.read(k).tobytes() == after.read(k).tobytes() for k in before.infos
                  if k.startswith("language_model."))
-  inputs = H.intern_case("image", image_size=32)
-  inputs["input_ids"][inputs["input_ids"] == H.IVL_IMAGE] = 270
-  inputs["mm_token_type_ids"] = (inputs["input_ids"] == 270).astype(np.int64)
+  image = config.model.vision.image_token_id
+  inputs = H.intern_case("image", tokens_per_tile=256, image_size=448)
+  ids = inputs["input_ids"]
+  placeholders = ids == H.IVL_IMAGE
+  ids[ids == image] = 100  # text ids of the case that are this tokenizer's placeholder id
+  ids[placeholders] = image
+  inputs["mm_token_type_ids"] = (inputs["input_ids"] == image).astype(np.int64)
   real = inputs["attention_mask"].astype(bool)
   ours = np.asarray(jaxtrain.from_pretrained(workdir)(**inputs).logits)
   assert np.abs(ours - H.hf_logits(hf, inputs))[real].max() <= 1e-4

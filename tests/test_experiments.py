@@ -64,3 +64,22 @@ def test_bench_vision_times_both_processors():
     row = _table_row(out, kind)
     assert all(float(cell) > 0 for cell in row[2:4]) and row[4] == "n/a", row
   assert float(_table_row(out.split("| processor | video |")[1], "internvl")[3]) > 0
+
+
+def test_plot_run_draws_the_loss_curve_of_a_workdir(tmp_path):
+  import importlib.util
+  import json
+
+  import jaxtrain
+  from jaxtrain.config import to_json
+  spec = importlib.util.spec_from_file_location("plot_run", os.path.join(REPO, "experiments", "plot_run.py"))
+  plot_run = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(plot_run)
+  config = jaxtrain.defaults()
+  (tmp_path / "config.json").write_text(to_json(config))
+  records = [{"step": s, "loss": 5.0 / s, "lr": 1e-3} for s in (1, 2, 3)] + [{"step": 3, "eval_loss": 2.5}]
+  (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+  out = tmp_path / "loss.png"
+  summary = plot_run.plot(str(tmp_path), str(out), "title")
+  assert summary == {"steps": 3, "final_train_loss": 5.0 / 3, "eval_loss": 2.5, "unigram_loss": None}
+  assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,5 +1,5 @@
 """Tiny vision-language model configs and synthetic multimodal training batches in the
-pipeline contract of `jaxtrain/train/vision_batch.py` (text keys + the processor's flat pixel
+pipeline contract of `jaxtrain/models/vision/inputs.py` (text keys + the processor's flat pixel
 arrays), for the train-step and parallel tests."""
 
 from __future__ import annotations
@@ -137,7 +137,7 @@ def train_curve(tower: str, mesh: dict, *, steps: int = 3, rows: int = 8, seq: i
   from jaxtrain.train.config import defaults as train_defaults
   from jaxtrain.train.optimizer import make_optimizer, schedule
   from jaxtrain.train.step import make_train_step
-  from jaxtrain.train.vision_batch import model_batch, model_shapes
+  from jaxtrain.models.vision.inputs import model_batch, model_shapes
 
   cfg = tiny_vlm(tower)
   tc = train_defaults()

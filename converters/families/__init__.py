@@ -2,21 +2,32 @@
 
 To add a family, write `converters/families/<model_type>.py` defining `FAMILY` (see
 `converters/family.py`: config mapping both ways, weight table, transformers defaults, a tiny
-example) and add its module to the registry line below. tests/converters/test_registry.py then
+example) and add its module name to `REGISTERED` below. tests/converters/test_registry.py then
 checks it against transformers: defaults, config round trip, weights round trip, logits.
 """
 
 from __future__ import annotations
 
+import importlib
+
 from jaxtrain.converters.errors import ConversionError
-from jaxtrain.converters.families import (deepseek_v3, gpt_oss, internvl, llama, mixtral, qwen2_moe, qwen3,
-                                         qwen3_moe, qwen3_vl, qwen3_vl_moe)
 from jaxtrain.converters.family import Family
 
-FAMILIES: dict[str, Family] = {m.FAMILY.name: m.FAMILY for m in (
-    qwen3, qwen3_moe, llama, mixtral, qwen2_moe, deepseek_v3, gpt_oss,  # the registry line
-    qwen3_vl, qwen3_vl_moe, internvl,  # vision-language
-)}
+# The registry: one line per family module of this package, in the order users see them.
+REGISTERED = (
+    "qwen3",
+    "qwen3_moe",
+    "llama",
+    "mixtral",
+    "qwen2_moe",
+    "deepseek_v3",
+    "gpt_oss",
+    "qwen3_vl",  # vision-language
+    "qwen3_vl_moe",
+    "internvl",
+)
+FAMILIES: dict[str, Family] = {
+    f.name: f for f in (importlib.import_module(f"{__name__}.{module}").FAMILY for module in REGISTERED)}
 ALIASES: dict[str, str] = {alias: f.name for f in FAMILIES.values() for alias in f.aliases}
 
 

@@ -14,7 +14,7 @@ from jaxtrain.config import require
 # Where documents come from.
 KINDS = ("python_stdlib", "text", "jsonl", "parquet", "arrow", "tokens")
 # How a record becomes tokens and a loss mask.
-FORMATS = ("text", "chat", "prompt_completion", "alpaca", "vision_chat", "llava")
+FORMATS = ("text", "chat", "prompt_completion", "alpaca", "preference", "vision_chat", "llava", "prompt")
 VISION_FORMATS = ("vision_chat", "llava")  # need data.vision (a processor directory)
 IMAGE_BACKENDS = ("torchvision", "pil")
 HOLDOUTS = ("hash", "none", "all")
@@ -37,9 +37,10 @@ def source_defaults() -> ConfigDict:
       # File, directory or glob; several separated by commas. "" for python_stdlib = this
       # interpreter's stdlib directory.
       "path": "",
-      # text | chat | prompt_completion | alpaca | vision_chat (messages whose content lists hold
-      # text / image / video items) | llava (<image> / <video> placeholders in the text, files in
-      # the images_field / videos_field); tokens: text only.
+      # text | chat | prompt_completion | alpaca | preference (train.method=dpo) | vision_chat
+      # (messages whose content lists hold text / image / video items) | llava (<image> / <video>
+      # placeholders in the text, files in the images_field / videos_field) | prompt (RL prompts:
+      # `prompt_field` holds a string or chat messages; train.method=grpo only); tokens: text only.
       "format": "text",
       "weight": 1.0,  # mixing weight against the other sources (training split)
       # Held-out documents: hash = a deterministic data.eval_fraction of documents (by a hash of
@@ -48,14 +49,20 @@ def source_defaults() -> ConfigDict:
       "glob": "",  # file pattern inside directories ("" = per kind: *.py, *.txt, *.jsonl*, ...)
       "text_unit": "file",  # kind=text: one document per file, or per non-empty line
       # Field names (jsonl / parquet / arrow records).
-      "text_field": "text",
-      "messages_field": "messages",
+      "text_field": "text",  # text: field of the document text (jsonl / parquet / arrow records)
+      "messages_field": "messages",  # chat: field of the messages list
       "tools_field": "tools",  # optional per-record tool schemas passed to the chat template
-      "prompt_field": "prompt",
-      "completion_field": "completion",
-      "instruction_field": "instruction",
-      "input_field": "input",
-      "output_field": "output",
+      "prompt_field": "prompt",  # prompt_completion: field of the prompt
+      "completion_field": "completion",  # prompt_completion: field of the completion
+      "instruction_field": "instruction",  # alpaca: field of the instruction
+      "input_field": "input",  # alpaca: field of the optional input
+      "output_field": "output",  # alpaca: field of the answer
+      # format=preference: {prompt, chosen, rejected} as strings or chat-message lists (TRL's
+      # standard and conversational formats), optional precomputed reference log-probs.
+      "chosen_field": "chosen",  # preference: field of the preferred response
+      "rejected_field": "rejected",  # preference: field of the dispreferred response
+      "ref_chosen_field": "ref_chosen_logps",  # preference: precomputed reference log-prob of chosen
+      "ref_rejected_field": "ref_rejected_logps",  # preference: precomputed reference log-prob of rejected
       "images_field": "images",  # llava: an image path or a list of them ("image" is read too)
       "videos_field": "videos",  # llava: a video path or a list of them ("video" is read too)
       "hf_split": "train",  # kind=arrow: split directory of a saved DatasetDict
@@ -69,7 +76,7 @@ OPEN_MAPS = {"data.sources": source_defaults}
 
 def defaults() -> ConfigDict:
   return ConfigDict({
-      "seq_len": 256,
+      "seq_len": 256,  # tokens per packed row
       "tokenizer": "byte",  # "byte" or a local Hugging Face tokenizer directory
       "chat_template": "",  # "" = the tokenizer's; else a .jinja file path or a template string
       "sources": {"main": source_defaults()},
@@ -84,7 +91,7 @@ def defaults() -> ConfigDict:
       "on_bad_record": "error",  # error (naming file and line) | skip (counted and reported)
       "loss_on": "assistant",  # chat: assistant | last_assistant | all tokens
       "add_bos": True,  # text / prompt_completion / alpaca: prepend bos (if the tokenizer has one)
-      "add_eos": True,  # ... and append eos
+      "add_eos": True,  # text / prompt_completion / alpaca: append eos (if the tokenizer has one)
       # Pieces shuffled in a window after splitting long documents (0 = off; packed rows are
       # shuffled within each packing group anyway). Costs ~0.1-0.5 ms per piece.
       "shuffle_window": 0,

@@ -170,6 +170,8 @@ class DocumentTransform:
         return np.zeros(0, np.int32), np.zeros(0, bool)
       ids = np.concatenate([np.asarray(self.bos, np.int32), tok.encode_array(text), np.asarray(self.eos, np.int32)])
       return ids, np.ones(len(ids), bool)
+    if self.format == "prompt":
+      raise DataError("format 'prompt' holds RL prompts without completions: use it with train.method=grpo")
     record = parse_record(payload)
     if self.format in VISION_FORMATS:
       raise DataError(f"format={self.format!r} is read by the vision pipeline (data/vision/pieces.py)")

@@ -80,13 +80,18 @@ def _close_live_iterators() -> None:
 class DataIterator:
   """Contract batches of one process, with counters and exact resume."""
 
-  def __init__(self, iterator, fingerprint: dict, index_stats: dict, info: dict):
+  def __init__(self, iterator, fingerprint: dict, index_stats: dict, info: dict,
+               keys: tuple[str, ...] = CONTRACT_KEYS):
     _LIVE.add(self)
+    self.keys = keys
     self._it = iterator
     self._fingerprint = fingerprint
     self._index_stats = index_stats
     self.info = info
     self._stats = stats_lib.PipelineStats()
+    # Host-side rewrite of each batch into what the train step takes (set by the training
+    # objective: a vision-language model's per-row inputs); None = the batch as assembled.
+    self.convert = None
 
   def __iter__(self):
     return self
@@ -96,11 +101,11 @@ class DataIterator:
       raise ValueError("this data iterator is closed")
     batch = next(self._it)
     self._stats.add(batch.pop("_stats"))
-    out = {k: np.array(batch[k], dtype=np.int32) for k in CONTRACT_KEYS}
+    out = {k: np.array(batch[k], dtype=np.int32) if k in CONTRACT_KEYS else np.array(batch[k]) for k in self.keys}
     for k in VISION_KEYS:  # vision runs (data/vision/batch.py)
       if k in batch:
         out[k] = np.asarray(batch[k], dtype=np.float32 if k == "pixel_values" else np.int32)
-    return out
+    return out if self.convert is None else self.convert(out)
 
   def get_state(self) -> dict:
     return {"version": STATE_VERSION, "fingerprint": copy.deepcopy(self._fingerprint),

@@ -31,8 +31,13 @@ def required_fields(entry: Any) -> tuple[list[str], list[str]]:
     return [entry.text_field], []
   if fmt == "chat":
     return [entry.messages_field], [entry.tools_field]
+  if fmt == "prompt":
+    return [entry.prompt_field], []
   if fmt == "prompt_completion":
     return [entry.prompt_field, entry.completion_field], []
+  if fmt == "preference":
+    return [entry.chosen_field, entry.rejected_field], [entry.prompt_field, entry.ref_chosen_field,
+                                                        entry.ref_rejected_field]
   return [entry.instruction_field, entry.output_field], [entry.input_field]
 
 

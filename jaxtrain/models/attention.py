@@ -8,8 +8,9 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxtrain import kernels
+from jaxtrain.models.adapters import delta
 from jaxtrain.models.config import ModelConfig
-from jaxtrain.models.layers import RMSNorm, cast, dtype_of, param
+from jaxtrain.models.layers import RMSNorm, cast, dtype_of, linear, param
 from jaxtrain.models.rope import apply_rope
 from jaxtrain.parallel import sequence
 from jaxtrain.parallel.rules import constrain
@@ -19,23 +20,28 @@ def attend(q, k, v, segment_ids, positions, cache, *, sliding_window, sinks, imp
   """Causal attention of `q` over `k`/`v`. Training (`cache` None): the sequence-parallel aware
   path with the configured kernel. Decoding: writes the new keys/values into the cache at
   `cache["index"]` and attends over everything written so far (reference kernel: T is tiny).
-  Returns `(out [B, T, H, Dv], new_cache)`."""
+  Cache slots before a row's `cache["start"]` are left padding and never attended to; the
+  causal and sliding-window masks compare cache slots, which differ by exactly the distance
+  between the rows' true positions (`positions`, used by RoPE only). Query rows with segment id
+  0 (padding) attend to nothing. Returns `(out [B, T, H, Dv], new_cache)`."""
   if cache is None:
     out = sequence.attention(q, k, v, q_segment_ids=segment_ids, causal=True, sliding_window=sliding_window,
                              sinks=sinks, scale=scale, impl=impl)
     return out, None
-  index = cache["index"]
+  del positions  # the mask works in cache slots
+  index, start = cache["index"], cache["start"]
   k_all = jax.lax.dynamic_update_slice_in_dim(cache["k"], k.astype(cache["k"].dtype), index, axis=1)
   v_all = jax.lax.dynamic_update_slice_in_dim(cache["v"], v.astype(cache["v"].dtype), index, axis=1)
   B, T = q.shape[:2]
   S = k_all.shape[1]
-  kv_positions = jnp.broadcast_to(jnp.arange(S, dtype=jnp.int32), (B, S))
-  kv_segments = (kv_positions < index + T).astype(jnp.int32)
-  out = kernels.attention(q, k_all.astype(q.dtype), v_all.astype(q.dtype), q_segment_ids=segment_ids,
-                          kv_segment_ids=kv_segments * segment_ids[:, :1], q_positions=positions,
-                          kv_positions=kv_positions, causal=True, sliding_window=sliding_window, sinks=sinks,
-                          scale=scale, impl="xla")
-  return out, {"k": k_all, "v": v_all, "index": index}
+  kv_slots = jnp.broadcast_to(jnp.arange(S, dtype=jnp.int32), (B, S))
+  q_slots = jnp.broadcast_to(index + jnp.arange(T, dtype=jnp.int32), (B, T))
+  kv_valid = (kv_slots < index + T) & (kv_slots >= start[:, None])
+  out = kernels.attention(q, k_all.astype(q.dtype), v_all.astype(q.dtype),
+                          q_segment_ids=(segment_ids != 0).astype(jnp.int32), kv_segment_ids=kv_valid.astype(jnp.int32),
+                          q_positions=q_slots, kv_positions=kv_slots, causal=True, sliding_window=sliding_window,
+                          sinks=sinks, scale=scale, impl="xla")
+  return out, {"k": k_all, "v": v_all}
 
 
 class Attention(nnx.Module):
@@ -63,7 +69,7 @@ class Attention(nnx.Module):
 
   def _project(self, x, name):
     dtype = x.dtype
-    y = jnp.einsum("bte,ehd->bthd", x, cast(getattr(self, f"{name}_proj")[...], dtype))
+    y = linear(x, cast(getattr(self, f"{name}_proj")[...], dtype), fp8=self.cfg.fp8_gemms) + delta(self, f"{name}_proj", x)
     if self.cfg.attention_bias:
       y = y + cast(getattr(self, f"{name}_bias")[...], dtype)
     return y
@@ -85,7 +91,7 @@ class Attention(nnx.Module):
     out, new_cache = attend(q, k, v, segment_ids, positions, cache, sliding_window=window, sinks=sinks,
                             impl=cfg.attention_impl)
     out = constrain(out, ("act_batch", "act_seq", "act_heads", None))
-    y = jnp.einsum("bthd,hde->bte", out, cast(self.o_proj[...], x.dtype))
+    y = linear(out, cast(self.o_proj[...], x.dtype), contract=2, fp8=cfg.fp8_gemms) + delta(self, "o_proj", out)
     if cfg.attention_out_bias:
       y = y + cast(self.o_bias[...], x.dtype)
     return y, new_cache

@@ -9,6 +9,7 @@ from typing import Any
 from ml_collections import ConfigDict
 
 from jaxtrain import kernels
+from jaxtrain.kernels import tokamax_ops
 from jaxtrain.config import require
 
 REMAT_POLICIES = ("none", "full", "save_dots", "save_attention_out")
@@ -26,19 +27,19 @@ MODEL_PARTS = ("vision", "projector", "language_model")  # what `model.freeze` n
 
 @dataclasses.dataclass(frozen=True)
 class RopeScaling:
-  type: str = "none"
-  factor: float = 1.0
+  type: str = "none"  # none | linear | llama3 | yarn
+  factor: float = 1.0  # context extension factor
   # llama3
-  low_freq_factor: float = 1.0
-  high_freq_factor: float = 4.0
-  original_max_position_embeddings: int = 0
+  low_freq_factor: float = 1.0  # llama3: wavelengths above original / low_freq_factor are scaled by 1 / factor
+  high_freq_factor: float = 4.0  # llama3: wavelengths below original / high_freq_factor are kept
+  original_max_position_embeddings: int = 0  # llama3 / yarn: the context length the model was trained with
   # yarn
-  beta_fast: float = 32.0
-  beta_slow: float = 1.0
-  mscale: float = 1.0
-  mscale_all_dim: float = 0.0
+  beta_fast: float = 32.0  # yarn: rotations above which dimensions are kept (interpolation ramp end)
+  beta_slow: float = 1.0  # yarn: rotations below which dimensions are interpolated (ramp start)
+  mscale: float = 1.0  # yarn: attention temperature scale
+  mscale_all_dim: float = 0.0  # yarn (DeepSeek): mscale also applied to every dimension
   attention_factor: float = 0.0  # 0 = derive from factor (and mscale) as HF does
-  truncate: bool = True
+  truncate: bool = True  # yarn: round the ramp's correction range to whole dimensions (HF's default)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,16 +60,16 @@ class VisionConfig:
   intermediate_size: int = 128
   activation: str = "gelu_tanh"
   norm: str = "layer_norm"  # cls_vit blocks: "layer_norm" | "rms_norm" (rope_vit: layer_norm)
-  norm_eps: float = 1e-6
-  in_channels: int = 3
-  patch_size: int = 16
+  norm_eps: float = 1e-6  # epsilon of the tower's norms
+  in_channels: int = 3  # colour channels of the pixels
+  patch_size: int = 16  # side of a square patch in pixels
   temporal_patch_size: int = 2  # rope_vit: frames per patch (an image is its frame repeated)
   image_size: int = 448  # cls_vit: side of a (square) image tile in pixels
   spatial_merge_size: int = 2  # rope_vit: merger window side; cls_vit: pixel-shuffle factor
   num_position_embeddings: int = 2304  # rope_vit: learned position grid (a square number)
   rope_theta: float = 10000.0  # rope_vit: 2D rotary base
   deepstack_layers: tuple[int, ...] = ()  # rope_vit: tower layers feeding DeepStack
-  qkv_bias: bool = True
+  qkv_bias: bool = True  # bias on the tower's q/k/v projections
   qk_norm: bool = False  # cls_vit: RMSNorm on queries and keys over the whole width
   final_norm: bool = False  # cls_vit: LayerNorm after the last block (HF use_mean_pooling=False)
   projector_activation: str = "gelu"  # cls_vit projector
@@ -111,27 +112,27 @@ class ModelConfig:
   """Every architecture and numerics choice of a model. Its defaults are the defaults of the
   `model` config section (`defaults()`), which holds the same fields plus `init_from`."""
   arch: str = "qwen3_moe"  # the Hugging Face model_type this model exports as
-  vocab_size: int = 272
-  hidden_size: int = 128
-  num_layers: int = 4
-  num_heads: int = 4
-  num_kv_heads: int = 2
+  vocab_size: int = 272  # rows of the embedding and LM head (>= the tokenizer's vocabulary)
+  hidden_size: int = 128  # width of the residual stream
+  num_layers: int = 4  # decoder layers
+  num_heads: int = 4  # attention (query) heads
+  num_kv_heads: int = 2  # key/value heads (GQA: num_heads is a multiple of it)
   head_dim: int = 32  # 0 = hidden_size // num_heads
   intermediate_size: int = 512  # dense MLP layers
-  activation: str = "silu"
-  rms_norm_eps: float = 1e-6
-  rope_theta: float = 1_000_000.0
+  activation: str = "silu"  # MLP activation: silu | gelu | gelu_tanh | relu
+  rms_norm_eps: float = 1e-6  # epsilon of every RMSNorm
+  rope_theta: float = 1_000_000.0  # rotary embedding base
   rope_scaling: RopeScaling = RopeScaling()
   # Multimodal rotary positions (Qwen3-VL): per-frequency counts of the (temporal, height,
   # width) position rows, interleaved t,h,w,t,h,w,...; () = one position row (plain RoPE).
   mrope_section: tuple[int, ...] = ()
-  max_position_embeddings: int = 4096
-  qk_norm: bool = True
+  max_position_embeddings: int = 4096  # longest sequence the rotary embedding is set up for
+  qk_norm: bool = True  # RMSNorm on each head's queries and keys (Qwen3)
   attention_bias: bool = False  # bias on q/k/v projections
   attention_out_bias: bool = False  # bias on the output projection
-  sliding_window: int = 0
+  sliding_window: int = 0  # keys a sliding-attention layer sees (0 = full attention)
   layer_types: tuple[str, ...] = ()  # per layer "full_attention" | "sliding_attention"; () = all full
-  attention_sinks: bool = False
+  attention_sinks: bool = False  # a learned per-head logit joins each softmax denominator (GPT-OSS)
   # Attention block: "gqa" (grouped-query) or "mla" (DeepSeek multi-head latent attention, which
   # reads the MLA fields below and ignores num_kv_heads / head_dim).
   attention: str = "gqa"
@@ -141,23 +142,23 @@ class ModelConfig:
   qk_rope_head_dim: int = 0  # MLA: per-head query/key dims with rotary embedding (shared key part)
   v_head_dim: int = 0  # MLA: per-head value dims
   rope_interleave: bool = False  # MLA: rotary dims come as interleaved pairs (DeepSeek checkpoints)
-  tie_word_embeddings: bool = False
-  initializer_range: float = 0.02
+  tie_word_embeddings: bool = False  # the LM head reuses the embedding matrix
+  initializer_range: float = 0.02  # standard deviation of the random initialisation
   # Mixture of experts (num_experts = 0: every layer dense).
-  num_experts: int = 8
-  num_experts_per_tok: int = 2
-  moe_intermediate_size: int = 256
-  norm_topk_prob: bool = True
-  decoder_sparse_step: int = 1
-  mlp_only_layers: tuple[int, ...] = ()
-  first_k_dense: int = 0
-  shared_expert_intermediate_size: int = 0
-  shared_expert_gate: bool = False
-  router: str = "softmax_topk"
+  num_experts: int = 8  # routed experts per MoE layer (0 = every layer dense)
+  num_experts_per_tok: int = 2  # experts each token is routed to (top-k)
+  moe_intermediate_size: int = 256  # hidden size of each routed expert
+  norm_topk_prob: bool = True  # renormalise the top-k routing weights to sum to 1
+  decoder_sparse_step: int = 1  # every Nth layer is MoE (1 = all)
+  mlp_only_layers: tuple[int, ...] = ()  # indices of layers kept dense
+  first_k_dense: int = 0  # the first k layers are dense (DeepSeek-V3)
+  shared_expert_intermediate_size: int = 0  # hidden size of the shared expert every token uses (0 = none)
+  shared_expert_gate: bool = False  # a sigmoid gate on the shared expert's output (Qwen2-MoE)
+  router: str = "softmax_topk"  # softmax_topk (softmax, then top-k) | topk_softmax (top-k, then softmax) | sigmoid_group
   # sigmoid_group router (DeepSeek-V3): experts in n_group groups, tokens pick among the topk_group
   # best groups; selection uses sigmoid scores + a score-correction bias.
-  n_group: int = 1
-  topk_group: int = 1
+  n_group: int = 1  # sigmoid_group router (DeepSeek-V3): experts in n_group groups
+  topk_group: int = 1  # sigmoid_group router: tokens pick their experts among the topk_group best groups
   routed_scaling_factor: float = 1.0  # multiplies the routing weights of the routed experts
   # Aux-loss-free balancing: after every train step the score-correction bias of each
   # sigmoid_group MoE layer moves by this rate towards balance (+rate for underloaded experts,
@@ -167,20 +168,24 @@ class ModelConfig:
   expert_activation: str = "glu"  # "glu": activation(gate) * up; "clamped_swiglu": GPT-OSS
   swiglu_alpha: float = 1.702  # clamped_swiglu: gate * sigmoid(alpha * gate)
   swiglu_limit: float = 7.0  # clamped_swiglu: gate <= limit, |up| <= limit
-  moe_impl: str = "dropless"
-  capacity_factor: float = 1.25
-  aux_loss_weight: float = 0.001
+  moe_impl: str = "dropless"  # dropless (every token copy computed) | capacity (per-expert capacity, overflow dropped)
+  capacity_factor: float = 1.25  # moe_impl=capacity: expert capacity = factor * tokens * top-k / experts
+  aux_loss_weight: float = 0.001  # weight of the load-balancing auxiliary loss
   seq_aux_loss_weight: float = 0.0  # DeepSeek-V3 sequence-wise balance loss (per packed document)
-  z_loss_weight: float = 0.0
+  z_loss_weight: float = 0.0  # weight of the router z-loss (keeps router logits small)
   # Numerics and memory.
   dtype: str = "float32"  # compute dtype; params stay in param_dtype (fp32 masters)
-  param_dtype: str = "float32"
-  remat: str = "none"
+  param_dtype: str = "float32"  # dtype of the stored parameters (the fp32 masters by default)
+  # FP8 (e4m3) GEMMs with 1x128 activation / 128x128 weight scaling (DeepSeek-V3) for the dense
+  # projections and the experts; norms, attention core, router, embeddings and head stay in `dtype`.
+  fp8: bool = False
+  remat: str = "none"  # rematerialisation per layer: none | full | save_dots | save_attention_out
   freeze: tuple[str, ...] = ()  # parts that do not train: "vision", "projector", "language_model"
   vision: VisionConfig = VisionConfig()
   # Kernel choices travel with the model so modules need no global state (from `kernels.*`).
   attention_impl: str = "auto"
   gmm_impl: str = "auto"
+  fp8_impl: str = "auto"
 
   @classmethod
   def from_config(cls, model: Any, kernels: Any = None) -> "ModelConfig":
@@ -197,6 +202,7 @@ class ModelConfig:
     if kernels is not None:
       values["attention_impl"] = kernels["attention"]
       values["gmm_impl"] = kernels["gmm"]
+      values["fp8_impl"] = kernels.get("fp8", "auto")
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = set(values) - known
     if unknown:
@@ -209,6 +215,11 @@ class ModelConfig:
   @property
   def resolved_head_dim(self) -> int:
     return self.head_dim or self.hidden_size // self.num_heads
+
+  @property
+  def fp8_gemms(self) -> str | None:
+    """The FP8 implementation the projections use, or None (compute dtype GEMMs)."""
+    return self.fp8_impl if self.fp8 else None
 
   @property
   def rope_dim(self) -> int:
@@ -282,7 +293,7 @@ def _stages(kinds: tuple[LayerKind, ...]) -> tuple[tuple[tuple[LayerKind, ...], 
   return tuple(stages)
 
 
-_FROM_KERNELS_SECTION = ("attention_impl", "gmm_impl")
+_FROM_KERNELS_SECTION = ("attention_impl", "gmm_impl", "fp8_impl")
 
 
 def rope_defaults() -> ConfigDict:
@@ -297,7 +308,10 @@ def defaults() -> ConfigDict:
             if f.name not in _FROM_KERNELS_SECTION}
   values["rope_scaling"] = rope_defaults()
   values["vision"] = vision_defaults()
-  return ConfigDict({"init_from": "", **values})
+  return ConfigDict({
+      "init_from": "",  # HF directory or jaxtrain checkpoint / workdir to start from ("" = random init)
+      **values,
+  })
 
 
 def vision_defaults() -> ConfigDict:
@@ -307,7 +321,12 @@ def vision_defaults() -> ConfigDict:
 
 def kernels_defaults() -> ConfigDict:
   """The `kernels` section: the implementation of each heavy op (see `jaxtrain.kernels`)."""
-  return ConfigDict({"attention": "auto", "gmm": "auto"})
+  return ConfigDict({
+      "attention": "auto",  # xla | pallas | cudnn | chunked | auto (measured best for the platform)
+      "gmm": "auto",  # MoE grouped matmul: xla (ragged_dot) | blocked | pallas | auto
+      # model.fp8 GEMMs: emulated (quantize, dequantize, fp32 matmul; any backend) | native (GPU FP8) | auto
+      "fp8": "auto",
+  })
 
 
 def validate(config: ConfigDict) -> None:
@@ -364,9 +383,13 @@ def validate(config: ConfigDict) -> None:
     require(not bad, "model.layer_types", f"unknown layer types {bad}; known: {LAYER_TYPES}")
     require("sliding_attention" not in m.layer_types or m.sliding_window > 0, "model.sliding_window",
             "sliding_attention layers need sliding_window > 0")
-  for key in ("attention", "gmm"):
+  require(not m.fp8 or m.moe_impl == "dropless", "model.fp8",
+          f"FP8 expert GEMMs run through the dropless grouped matmul; moe_impl={m.moe_impl!r} is not supported")
+  for key in ("attention", "gmm", "fp8"):
     require(config.kernels[key] in kernels.implementations(key), f"kernels.{key}",
             f"{config.kernels[key]!r} is not one of {kernels.implementations(key)}")
+    require(config.kernels[key] != "tokamax" or tokamax_ops.installed(), f"kernels.{key}",
+            f"'tokamax' needs the tokamax package, which is not installed; {tokamax_ops.INSTALL_HINT}")
   bad = [p for p in m.freeze if p not in MODEL_PARTS]
   require(not bad, "model.freeze", f"unknown parts {bad}; choose from {MODEL_PARTS}")
   if m.mrope_section:

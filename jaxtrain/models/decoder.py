@@ -43,7 +43,7 @@ class Block(nnx.Module):
       self.moe = MoE(cfg, rngs=rngs)
     else:
       self.mlp = MLP(E, cfg.intermediate_size, act=cfg.activation, std=cfg.initializer_range, param_dtype=pd,
-                     rngs=rngs)
+                     rngs=rngs, fp8=cfg.fp8_gemms)
 
   def __call__(self, x, cos, sin, segment_ids, positions, cache):
     h, cache = self.attn(self.input_norm(x), cos, sin, segment_ids, positions=positions, cache=cache)
@@ -77,7 +77,7 @@ class Stage(nnx.Module):
     self.remat = cfg.remat
     self.blocks = nnx.List([_stacked_block(cfg, kind, repeats, rngs) for kind in unit])
 
-  def __call__(self, x, cos, sin, segment_ids, positions, caches, cache_index, inject=None):
+  def __call__(self, x, cos, sin, segment_ids, positions, caches, cache_meta, inject=None):
     """`inject` `[repeats, len(unit), B, T, E]` (DeepStack): added to each layer's output."""
     graphdef, state = nnx.split(self.blocks)
 
@@ -86,7 +86,7 @@ class Stage(nnx.Module):
       blocks = nnx.merge(graphdef, layer_state)
       auxes, new_caches = [], []
       for j, block in enumerate(blocks):
-        cache = None if layer_caches is None else {**layer_caches[j], "index": cache_index}
+        cache = None if layer_caches is None else {**layer_caches[j], **cache_meta}
         x, aux, cache = block(x, cos, sin, segment_ids, positions, cache)
         if layer_inject is not None:
           x = x + layer_inject[j].astype(x.dtype)
@@ -133,9 +133,10 @@ class Decoder(nnx.Module):
     B, T = input_ids.shape
     if segment_ids is None:
       segment_ids = jnp.ones((B, T), jnp.int32)
-    if positions is None:
-      start = 0 if cache is None else cache["index"]
-      positions = jnp.broadcast_to(start + jnp.arange(T, dtype=jnp.int32), (B, T))
+    if positions is None and cache is None:
+      positions = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
+    elif positions is None:  # cache slot minus the row's left padding
+      positions = jnp.maximum(cache["index"] + jnp.arange(T, dtype=jnp.int32)[None, :] - cache["start"][:, None], 0)
     x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
     cos, sin = rope_tables(positions if rope_positions is None else rope_positions, cfg, cfg.rope_dim)
     stage_auxes, new_stage_caches = [], []
@@ -147,12 +148,13 @@ class Decoder(nnx.Module):
         layers = deepstack[first:first + repeats * len(unit)]
         inject = layers.reshape((repeats, len(unit)) + layers.shape[1:])
       first += repeats * len(unit)
-      x, auxes, new_caches = stage(x, cos, sin, segment_ids, positions, caches,
-                                   None if cache is None else cache["index"], inject)
+      meta = None if cache is None else {"index": cache["index"], "start": cache["start"]}
+      x, auxes, new_caches = stage(x, cos, sin, segment_ids, positions, caches, meta, inject)
       stage_auxes.append(auxes)
       new_stage_caches.append(new_caches)
     h = self.final_norm(x)
-    new_cache = None if cache is None else {"index": cache["index"] + T, "stages": new_stage_caches}
+    new_cache = None if cache is None else {"index": cache["index"] + T, "start": cache["start"],
+                                            "stages": new_stage_caches}
     return h, self._collect_aux(stage_auxes), new_cache
 
   def logits(self, h):
@@ -206,7 +208,10 @@ class Decoder(nnx.Module):
       stacked = jax.tree.map(lambda a: a[jnp.asarray(perm)], stacked)
     return stacked
 
-  def init_cache(self, batch: int, max_len: int, dtype=None) -> dict:
+  def init_cache(self, batch: int, max_len: int, dtype=None, start=None) -> dict:
+    """An empty KV cache of `max_len` slots. `start` `[batch]`: each row's first real slot
+    (rows left-padded to a common prompt length); slots before it are never attended to and
+    positions count from it."""
     cfg = self.cfg
     dtype = dtype_of(cfg.dtype) if dtype is None else dtype
     if cfg.attention == "mla":
@@ -217,4 +222,5 @@ class Decoder(nnx.Module):
     for unit, repeats in cfg.stages():
       stages.append([{"k": jnp.zeros((repeats,) + k_shape, dtype), "v": jnp.zeros((repeats,) + v_shape, dtype)}
                      for _ in unit])
-    return {"index": jnp.zeros((), jnp.int32), "stages": stages}
+    start = jnp.zeros((batch,), jnp.int32) if start is None else jnp.asarray(start, jnp.int32)
+    return {"index": jnp.zeros((), jnp.int32), "start": start, "stages": stages}

@@ -8,6 +8,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxtrain import kernels
+
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 # Rematerialisation policies by config name (model.remat, model.vision.remat); "none" = keep all.
 REMAT = {
@@ -52,6 +54,14 @@ def state_variable(shape: Sequence[int], axes: Sequence[str | None], *, dtype=jn
   if len(axes) != len(shape):
     raise ValueError(f"logical axes {axes} do not match shape {shape}")
   return ModelState(jnp.zeros(shape, dtype), logical_axes=tuple(axes))
+
+
+def linear(x, w, *, contract: int = 1, fp8: str | None = None):
+  """A projection: x `[..., K1..Kc]` contracted with w `[K1..Kc, N...]` (c = `contract`). With
+  `fp8` (a `kernels.fp8` implementation) the GEMM runs in FP8 with fine-grained scaling."""
+  if fp8 is None:
+    return jnp.tensordot(x, w, axes=contract)
+  return kernels.fp8.linear(x, w, contract=contract, impl=fp8)
 
 
 def cast(x, dtype):

@@ -18,7 +18,7 @@ from flax import nnx
 
 from jaxtrain.models.attention import attend
 from jaxtrain.models.config import ModelConfig
-from jaxtrain.models.layers import RMSNorm, cast, dtype_of, param
+from jaxtrain.models.layers import RMSNorm, cast, dtype_of, linear, param
 from jaxtrain.models.rope import apply_rope, yarn_mscale
 from jaxtrain.parallel.rules import constrain
 
@@ -76,11 +76,11 @@ class MLAttention(nnx.Module):
   def _queries(self, x):
     cfg, dtype = self.cfg, x.dtype
     if cfg.q_lora_rank:
-      qa = x @ cast(self.q_a_proj[...], dtype)
+      qa = linear(x, cast(self.q_a_proj[...], dtype), fp8=cfg.fp8_gemms)
       if cfg.attention_bias:
         qa = qa + cast(self.q_a_bias[...], dtype)
-      return jnp.einsum("btr,rhd->bthd", self.q_a_norm(qa), cast(self.q_b_proj[...], dtype))
-    return jnp.einsum("bte,ehd->bthd", x, cast(self.q_proj[...], dtype))
+      return linear(self.q_a_norm(qa), cast(self.q_b_proj[...], dtype), fp8=cfg.fp8_gemms)
+    return linear(x, cast(self.q_proj[...], dtype), fp8=cfg.fp8_gemms)
 
   def __call__(self, x, cos, sin, segment_ids, *, positions=None, cache=None):
     """As `Attention.__call__`; the cache holds expanded keys and values (`cache_shapes`)."""
@@ -89,11 +89,11 @@ class MLAttention(nnx.Module):
     H, Dn, Rkv = cfg.num_heads, cfg.qk_nope_head_dim, cfg.kv_lora_rank
     q = self._queries(x)
     q_nope, q_rot = q[..., :Dn], q[..., Dn:]
-    ckv = x @ cast(self.kv_a_proj[...], dtype)
+    ckv = linear(x, cast(self.kv_a_proj[...], dtype), fp8=cfg.fp8_gemms)
     if cfg.attention_bias:
       ckv = ckv + cast(self.kv_a_bias[...], dtype)
     latent, k_rot = ckv[..., :Rkv], ckv[..., Rkv:]
-    kv = jnp.einsum("btr,rhd->bthd", self.kv_a_norm(latent), cast(self.kv_b_proj[...], dtype))
+    kv = linear(self.kv_a_norm(latent), cast(self.kv_b_proj[...], dtype), fp8=cfg.fp8_gemms)
     k_nope, v = kv[..., :Dn], kv[..., Dn:]
     k_rot = k_rot[:, :, None, :]
     if cfg.rope_interleave:
@@ -110,7 +110,7 @@ class MLAttention(nnx.Module):
     out, new_cache = attend(q, k, v, segment_ids, positions, cache, sliding_window=window, sinks=sinks,
                             impl=cfg.attention_impl, scale=scale)
     out = constrain(out, ("act_batch", "act_seq", "act_heads", None))
-    y = jnp.einsum("bthd,hde->bte", out, cast(self.o_proj[...], dtype))
+    y = linear(out, cast(self.o_proj[...], dtype), contract=2, fp8=cfg.fp8_gemms)
     if cfg.attention_out_bias:
       y = y + cast(self.o_bias[...], dtype)
     return y, new_cache

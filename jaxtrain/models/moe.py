@@ -7,10 +7,11 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxtrain.models.adapters import adapter
 from jaxtrain.models.config import ModelConfig
 from jaxtrain.models.layers import activation, cast, dtype_of, glu, param, state_variable
 from jaxtrain.models.mlp import MLP
-from jaxtrain.parallel.moe import routed_experts
+from jaxtrain.parallel.moe import ExpertLoRA, routed_experts
 from jaxtrain.parallel.rules import constrain
 
 
@@ -118,7 +119,7 @@ class MoE(nnx.Module):
       self.down_bias = param(None, (X, E), ("expert", "embed"), init="zeros", dtype=pd)
     if cfg.shared_expert_intermediate_size:
       self.shared = MLP(E, cfg.shared_expert_intermediate_size, act=cfg.activation, std=std,
-                        param_dtype=cfg.param_dtype, rngs=rngs)
+                        param_dtype=cfg.param_dtype, rngs=rngs, fp8=cfg.fp8_gemms)
       if cfg.shared_expert_gate:
         self.shared_gate = param(rngs, (E, 1), ("embed", None), std=std, dtype=pd)
 
@@ -136,10 +137,14 @@ class MoE(nnx.Module):
       extra["glu"] = glu(cfg.expert_activation, cfg.activation, alpha=cfg.swiglu_alpha, limit=cfg.swiglu_limit)
     if cfg.expert_bias:
       extra.update(gate_up_bias=cast(self.gate_up_bias[...], x.dtype), down_bias=cast(self.down_bias[...], x.dtype))
+    gu_lora, dn_lora = adapter(self, "gate_up"), adapter(self, "down")
+    if gu_lora is not None:  # per-expert adapters, applied inside the grouped matmuls
+      extra["lora"] = ExpertLoRA(*(cast(v[...], x.dtype) for v in (gu_lora.a, gu_lora.b, dn_lora.a, dn_lora.b)),
+                                 scale=gu_lora.scale)
     out, load, dropped = routed_experts(
         tokens, ids, weights, valid, cast(self.gate_up[...], x.dtype), cast(self.down[...], x.dtype),
         act=activation(cfg.activation), mode=cfg.moe_impl, capacity_factor=cfg.capacity_factor,
-        impl=cfg.gmm_impl, **extra)
+        impl=cfg.gmm_impl, fp8=cfg.fp8_gemms, **extra)
     y = out.reshape(B, T, E)
     if cfg.shared_expert_intermediate_size:
       shared = self.shared(x)

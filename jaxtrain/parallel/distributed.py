@@ -9,7 +9,8 @@ batch (`jax.make_array_from_process_local_data`), and collectives cross process 
 Where the settings come from, first found wins:
 - arguments (the CLI's --coordinator / --num-processes / --process-id);
 - JAX_COORDINATOR_ADDRESS (host:port of process 0), JAX_NUM_PROCESSES, JAX_PROCESS_ID
-  (optionally JAX_LOCAL_DEVICE_IDS, comma separated);
+  (optionally JAX_LOCAL_DEVICE_IDS, comma separated); without JAX_PROCESS_ID, a Kubernetes
+  Indexed Job's (or JobSet's) JOB_COMPLETION_INDEX is the process id;
 - a cluster JAX detects itself (SLURM with more than one task, Open MPI with more than one
   rank): `jax.distributed.initialize()` without arguments.
 With none of these (or one process) nothing happens: a single-process run.
@@ -28,6 +29,7 @@ ENV_COORDINATOR = "JAX_COORDINATOR_ADDRESS"
 ENV_NUM_PROCESSES = "JAX_NUM_PROCESSES"
 ENV_PROCESS_ID = "JAX_PROCESS_ID"
 ENV_LOCAL_DEVICES = "JAX_LOCAL_DEVICE_IDS"
+ENV_K8S_INDEX = "JOB_COMPLETION_INDEX"  # set in every pod of a Kubernetes Indexed Job (and JobSet)
 
 
 def is_initialized() -> bool:
@@ -62,13 +64,16 @@ def settings(coordinator_address: str | None = None, num_processes: int | None =
   address = coordinator_address or os.environ.get(ENV_COORDINATOR) or None
   count = num_processes if num_processes is not None else _env_int(ENV_NUM_PROCESSES)
   pid = process_id if process_id is not None else _env_int(ENV_PROCESS_ID)
+  if pid is None and (address is not None or count is not None):
+    pid = _env_int(ENV_K8S_INDEX)
   if address is None and count is None and pid is None:
     return {} if _cluster_detected() else None
   if count is not None and count <= 1 and pid in (None, 0):
     return None
   missing = [name for name, value in (("coordinator address (--coordinator / JAX_COORDINATOR_ADDRESS)", address),
                                       ("process count (--num-processes / JAX_NUM_PROCESSES)", count),
-                                      ("process id (--process-id / JAX_PROCESS_ID)", pid)) if value is None]
+                                      ("process id (--process-id / JAX_PROCESS_ID / JOB_COMPLETION_INDEX)", pid))
+             if value is None]
   if missing:
     raise ValueError(f"a multi-process launch needs all three settings; missing: {', '.join(missing)}")
   if not 0 <= pid < count:

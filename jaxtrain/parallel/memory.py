@@ -121,8 +121,9 @@ def report(state, model_cfg, config, mesh) -> dict[str, int]:
                          expert_exchange=config.mesh.get("expert_exchange", "auto"))
   params = bytes_per_device(state.params)
   opt = bytes_per_device(state.opt_state)
-  return {"params": params, "opt_state": opt, "activations": act["total"], "total": params + opt + act["total"],
-          "local_tokens": act["local_tokens"]}
+  frozen = bytes_per_device(getattr(state, "frozen", None))  # a LoRA / QLoRA base, a preference reference
+  return {"params": params, "opt_state": opt, "frozen": frozen, "activations": act["total"],
+          "total": params + opt + frozen + act["total"], "local_tokens": act["local_tokens"]}
 
 
 def _gib(n: int) -> str:
@@ -131,8 +132,9 @@ def _gib(n: int) -> str:
 
 def format_report(rep: dict[str, int], mesh, remat: str) -> str:
   shape = ", ".join(f"{a}={s}" for a, s in dict(mesh.shape).items())
+  frozen = f", frozen params {_gib(rep['frozen'])}" if rep.get("frozen") else ""
   return (f"memory per device (mesh {shape}, remat {remat}): params {_gib(rep['params'])}, optimizer state "
-          f"{_gib(rep['opt_state'])}, activations ~{_gib(rep['activations'])} ({rep['local_tokens']} tokens per "
+          f"{_gib(rep['opt_state'])}{frozen}, activations ~{_gib(rep['activations'])} ({rep['local_tokens']} tokens per "
           f"device per micro-batch); total ~{_gib(rep['total'])}")
 
 

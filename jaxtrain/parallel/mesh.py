@@ -17,6 +17,7 @@ import numpy as np
 from jax.sharding import Mesh
 from ml_collections import ConfigDict
 
+from jaxtrain.kernels import dispatch
 from jaxtrain.config import ConfigError, require
 
 AXES = ("data", "fsdp", "expert", "sequence", "tensor")
@@ -25,13 +26,20 @@ log = logging.getLogger("jaxtrain.parallel")
 
 
 def defaults() -> ConfigDict:
-  # -1 = take the devices the other axes leave; the default puts them all on fsdp (ZeRO-3).
-  # expert_exchange: how MoE token copies reach the devices owning their experts: "padded"
-  # (all_to_all of fixed worst-case buffers, any backend), "ragged" (ragged_all_to_all,
-  # GPU/TPU only), "ragged_emulated" (the ragged exchange's offsets over all-gathers: a reference
-  # for backends without ragged_all_to_all, P times the memory) or "auto" (ragged on GPU/TPU,
-  # padded elsewhere).
-  return ConfigDict({"data": 1, "fsdp": -1, "expert": 1, "sequence": 1, "tensor": 1, "expert_exchange": "auto"})
+  # Devices per mesh axis; -1 = the devices the other axes leave (at most one axis). The default
+  # puts them all on fsdp (ZeRO-3).
+  return ConfigDict({
+      "data": 1,  # pure data parallel: each group of devices holds a full replica of the parameters
+      "fsdp": -1,  # data parallel with parameters and optimizer state sharded over it (ZeRO-3)
+      "expert": 1,  # expert parallel: MoE experts split over it (also splits the batch)
+      "sequence": 1,  # Ulysses sequence parallel: the sequence split over it (attention all-to-all)
+      "tensor": 1,  # tensor parallel: attention heads and MLP / expert hidden dims split over it
+      # How MoE token copies reach the devices owning their experts: "padded" (all_to_all of
+      # fixed worst-case buffers, any backend), "ragged" (ragged_all_to_all, GPU/TPU only),
+      # "ragged_emulated" (the ragged exchange over all-gathers: a reference for backends without
+      # ragged_all_to_all, P times the memory) or "auto" (ragged where supported, else padded).
+      "expert_exchange": "auto",
+  })
 
 
 def axis_sizes(mesh_config, num_devices: int) -> dict[str, int]:
@@ -74,7 +82,7 @@ def check_sizes(config: ConfigDict, sizes: dict[str, int]) -> None:
                     f"model.num_heads={heads} (Ulysses gives each device whole heads)")
   from jaxtrain.parallel.moe.select import ragged_supported
   if config.mesh.get("expert_exchange", "auto") == "ragged" and not ragged_supported():
-    errors.append(f"mesh.expert_exchange='ragged' needs ragged_all_to_all, which the {jax.default_backend()!r} "
+    errors.append(f"mesh.expert_exchange='ragged' needs ragged_all_to_all, which the {dispatch.platform()!r} "
                   "backend does not implement; use 'padded' or 'auto'")
   if errors:
     shape = ", ".join(f"{a}={s}" for a, s in sizes.items())

@@ -31,6 +31,7 @@ DEFAULT_RULES: dict[str, Any] = {
     "vit_heads": None,
     "vit_head_dim": None,
     "vit_mlp": None,
+    "adapter_rank": None,  # the rank dimension of LoRA adapter factors (small: never split)
     # activations
     "act_batch": ("data", "fsdp", "expert"),
     "act_seq": "sequence",

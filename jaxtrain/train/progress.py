@@ -15,6 +15,8 @@ def _fmt(record: dict[str, Any]) -> dict[str, str]:
   out = {}
   if "loss" in record:
     out["loss"] = f"{record['loss']:.4f}"
+  if "reward" in record:  # RL runs
+    out["reward"] = f"{record['reward']:.3f}"
   if "tokens_per_sec" in record:
     out["tok/s"] = f"{record['tokens_per_sec']:,.0f}"
   if "moe/load_cv" in record:

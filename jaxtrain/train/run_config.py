@@ -4,8 +4,9 @@ file and overrides, with `model.init_from`'s architecture resolved.
     config = load_config("configs/quickstart.py", overrides=["--config.train.steps=50"])
 
 (also `jaxtrain.load_config`). Sections: `model` and `kernels` (models/config.py), `data`
-(data/config.py), `mesh` (parallel/mesh.py), `train`, `eval`, `checkpoint`, `sample`
-(train/config.py), plus `workdir` and `seed`.
+(data/config.py), `mesh` (parallel/mesh.py), `train`, `eval`, `checkpoint`, `sample`,
+`logging` (train/config.py), `lora` and `preference` (posttrain/config.py), `grpo`
+(posttrain/grpo_config.py), plus `workdir` and `seed`.
 """
 
 from __future__ import annotations
@@ -20,13 +21,15 @@ from jaxtrain.converters.resolve import resolve_model_section
 from jaxtrain.data import config as data_config
 from jaxtrain.models import config as model_config
 from jaxtrain.parallel import mesh as mesh_lib
+from jaxtrain.posttrain import config as posttrain_config
+from jaxtrain.posttrain import grpo_config
 from jaxtrain.train import config as train_config
 
 
 def defaults() -> ConfigDict:
   c = ConfigDict()
-  c.workdir = "runs/default"
-  c.seed = 0
+  c.workdir = "runs/default"  # where the run writes metrics, TensorBoard events, config.json, checkpoints
+  c.seed = 0  # parameter initialisation, data order (data.seed = -1) and sampling
   c.model = model_config.defaults()
   c.kernels = model_config.kernels_defaults()
   c.data = data_config.defaults()
@@ -35,12 +38,17 @@ def defaults() -> ConfigDict:
   c.checkpoint = train_config.checkpoint_defaults()
   c.mesh = mesh_lib.defaults()
   c.sample = train_config.sample_defaults()
+  c.lora = posttrain_config.lora_defaults()
+  c.preference = posttrain_config.preference_defaults()
+  c.grpo = grpo_config.defaults()
+  c.logging = train_config.logging_defaults()
   return c
 
 
 SCHEMA = config_lib.Schema(
-    defaults=defaults, open_maps=data_config.OPEN_MAPS,
-    validators=(model_config.validate, data_config.validate, train_config.validate, mesh_lib.validate))
+    defaults=defaults, open_maps={**data_config.OPEN_MAPS, **grpo_config.OPEN_MAPS},
+    validators=(model_config.validate, data_config.validate, train_config.validate, mesh_lib.validate,
+                posttrain_config.validate, grpo_config.validate))
 
 
 def load_config(path: str | None = None, overrides: Iterable[str] = (), *, base: Any = None,

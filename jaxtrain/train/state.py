@@ -24,6 +24,10 @@ class TrainState:
   # nnx.State of the model's non-trainable `ModelState` variables (the routers' score-correction
   # biases), updated by the train step outside the optimizer; None for models without any.
   model_state: Any = None
+  # Parameters the optimizer never touches (a LoRA / QLoRA base, or a preference objective's
+  # frozen reference); None without any. Never checkpointed: rebuilt from the run's starting
+  # point (model.init_from or the seed) on resume.
+  frozen: Any = None
 
 
 def model_state_shardings(abstract_state, mesh):

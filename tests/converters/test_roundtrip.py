@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-import types
 
 import ml_dtypes
 import numpy as np
@@ -184,9 +183,8 @@ def test_train_from_hf_then_export(tmp_path, monkeypatch):
   equal jaxtrain's logits of the trained parameters."""
   import torch
 
-  from jaxtrain import data as data_lib
   from jaxtrain.converters import resolve_model_section
-  from jaxtrain.train import trainer as trainer_lib
+  from jaxtrain.posttrain.objective import Objective
 
   kwargs = dict(hidden_size=32, intermediate_size=48, moe_intermediate_size=16, num_hidden_layers=2,
                 num_attention_heads=4, num_key_value_heads=2, head_dim=8, num_experts=4, num_experts_per_tok=2,
@@ -198,14 +196,13 @@ def test_train_from_hf_then_export(tmp_path, monkeypatch):
   rng = np.random.default_rng(0)
   text.write_text("\n".join("".join(chr(c) for c in rng.integers(97, 123, 40)) for _ in range(64)))
   seen: list = []
-  real_build = data_lib.build_pipeline
+  real_pipeline = Objective.pipeline
 
-  def build_pipeline(config, split="train", **kw):
-    it = real_build(config, split=split, **kw)
+  def pipeline(self, config, split, *args, **kw):
+    it = real_pipeline(self, config, split, *args, **kw)
     return _Recording(it, seen) if split == "train" else it
 
-  monkeypatch.setattr(trainer_lib, "data_lib", types.SimpleNamespace(
-      build_pipeline=build_pipeline, build_tokenizer=data_lib.build_tokenizer, unigram_loss=data_lib.unigram_loss))
+  monkeypatch.setattr(Objective, "pipeline", pipeline)
   config = jaxtrain.load_config(base={
       "workdir": workdir,
       "model": {"init_from": hf_dir, "capacity_factor": 2.0, "aux_loss_weight": 0.0},

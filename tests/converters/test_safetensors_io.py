@@ -18,8 +18,8 @@ from safetensors import safe_open
 from safetensors.numpy import load_file, save_file
 
 from jaxtrain.converters import ConversionError
-from jaxtrain.converters.safetensors_io import (DTYPES, SAFETENSORS_INDEX, OutTensor, SafetensorsFile, WeightDir,
-                                                numpy_dtype, parse_size, write_sharded)
+from jaxtrain.converters.safetensors_io import DTYPES, SAFETENSORS_INDEX, SafetensorsFile, WeightDir, numpy_dtype
+from jaxtrain.converters.safetensors_write import OutTensor, parse_size, write_sharded
 
 
 def sample_tensors(seed: int = 0) -> dict[str, np.ndarray]:

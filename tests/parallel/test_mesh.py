@@ -108,7 +108,7 @@ def test_memory_report_params_and_optimizer_fall_as_fsdp_grows(result):
 def test_distributed_settings_from_arguments_and_environment(monkeypatch):
   from jaxtrain.parallel import distributed
   for name in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID", "SLURM_JOB_ID",
-               "OMPI_COMM_WORLD_SIZE"):
+               "OMPI_COMM_WORLD_SIZE", "JOB_COMPLETION_INDEX"):
     monkeypatch.delenv(name, raising=False)
   assert distributed.settings() is None  # a plain single-process run
   assert distributed.settings(num_processes=1) is None
@@ -124,3 +124,8 @@ def test_distributed_settings_from_arguments_and_environment(monkeypatch):
     distributed.settings()
   with pytest.raises(ValueError, match=r"not in \[0, 4\)"):
     distributed.settings(process_id=7)
+  monkeypatch.setenv("JOB_COMPLETION_INDEX", "2")  # a Kubernetes Indexed Job's pod
+  assert distributed.settings() == {"coordinator_address": "host:99", "num_processes": 4, "process_id": 2}
+  monkeypatch.delenv("JAX_COORDINATOR_ADDRESS")
+  monkeypatch.delenv("JAX_NUM_PROCESSES")
+  assert distributed.settings() is None  # an Indexed Job alone is no multi-process launch

@@ -63,28 +63,45 @@ def test_two_processes_match_one_and_checkpoint_restores_on_one(tmp_path):
   np.testing.assert_allclose(single["resumed"]["grad_norm"], multi["grad_norm"][5:], rtol=1e-5)
 
 
-@pytest.mark.slow
-def test_cli_two_processes_log_once_and_checkpoint_together(tmp_path):
-  """The real entry point: `python -m jaxtrain.main --coordinator ... --num-processes 2
-  --process-id i` (2 CPU devices each; experts split within a process, fsdp across the two).
-  Each process reads its own data slice; metrics and the report are written once; the final
-  checkpoint is committed by both together."""
-  workdir = str(tmp_path / "run")
-  port = _free_port()
-  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO,
-             XLA_FLAGS=xla_flags(2))
-  procs = [subprocess.Popen(
-      [sys.executable, "-m", "jaxtrain.main", "--config", "tests/configs/tiny.py", "--coordinator",
-       f"localhost:{port}", "--num-processes", "2", "--process-id", str(i), f"--config.workdir={workdir}",
-       "--config.train.steps=2", "--config.checkpoint.every=0", "--config.mesh.fsdp=2", "--config.mesh.expert=2"],
-      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO) for i in range(2)]
-  outs = [p.communicate(timeout=400) for p in procs]
+def _launch(args, envs, timeout=400):
+  procs = [subprocess.Popen(args(i), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=envs(i), cwd=REPO)
+           for i in range(2)]
+  outs = [p.communicate(timeout=timeout) for p in procs]
   for p, (out, err) in zip(procs, outs):
     assert p.returncode == 0, err[-4000:]
+  return outs
+
+
+@pytest.mark.slow
+def test_cli_two_processes_train_checkpoint_and_resume(tmp_path):
+  """docs/multi-host.md's plain two-host example on one machine, through the real entry point:
+  `jaxtrain train ... --coordinator ... --num-processes 2 --process-id i` (2 CPU devices each;
+  experts split within a process, fsdp across the two). Each process reads its own data slice;
+  metrics and the report are written once; the checkpoint is committed by both together. Then
+  the same run launched through the environment (JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES /
+  JOB_COMPLETION_INDEX, as in a Kubernetes Indexed Job) resumes from it."""
+  workdir = str(tmp_path / "run")
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=REPO, XLA_FLAGS=xla_flags(2))
+  train = [sys.executable, "-m", "jaxtrain.cli", "train", "--config", "tests/configs/tiny.py",
+           f"--config.workdir={workdir}", "--config.checkpoint.every=0", "--config.mesh.fsdp=2",
+           "--config.mesh.expert=2"]
+  port = _free_port()
+  outs = _launch(lambda i: [*train, "--config.train.steps=2", "--coordinator", f"localhost:{port}",
+                            "--num-processes", "2", "--process-id", str(i)], lambda i: env)
   assert "process 0 of 2 joined" in outs[0][1] and "process 1 of 2 joined" in outs[1][1]
   assert "memory per device" in outs[0][1]
   assert "final train loss" in outs[0][0] and "final train loss" not in outs[1][0]  # one report
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    steps = [json.loads(line)["step"] for line in f if "loss" in json.loads(line)]
-  assert steps == [1, 2]  # logged once, by process 0
-  assert os.path.isdir(os.path.join(workdir, "checkpoints", "2"))
+    first = [json.loads(line) for line in f if "loss" in json.loads(line)]
+  assert [r["step"] for r in first] == [1, 2]  # logged once, by process 0
+  assert os.listdir(os.path.join(workdir, "checkpoints")) == ["2"]
+
+  port = _free_port()
+  outs = _launch(lambda i: [*train, "--config.train.steps=3"],
+                 lambda i: dict(env, JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES="2",
+                                JOB_COMPLETION_INDEX=str(i)))
+  assert all("resuming from" in err and "step 2" in err for _, err in outs)
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    records = [json.loads(line) for line in f if "loss" in json.loads(line)]
+  assert [r["step"] for r in records] == [1, 2, 3] and records[:2] == first
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2", "3"]

@@ -21,7 +21,7 @@ from jaxtrain.train.config import defaults as train_defaults
 from jaxtrain.train.freeze import with_freeze
 from jaxtrain.train.optimizer import make_optimizer, schedule
 from jaxtrain.train.step import make_eval_step, make_train_step
-from jaxtrain.train.vision_batch import model_batch
+from jaxtrain.models.vision.inputs import model_batch
 
 SEQ = 48
 TOWERS = ("rope_vit", "cls_vit")

@@ -17,13 +17,13 @@ nowhere and cost no expert FLOPs.
 from jaxtrain.parallel.moe.capacity import capacity
 from jaxtrain.parallel.moe.exchange import PaddedAllToAll, RaggedAllToAll, emulated_ragged_all_to_all
 from jaxtrain.parallel.moe.local import LocalBlocks, LocalSorted
-from jaxtrain.parallel.moe.protocol import Dispatcher, ExpertFFN, Routing, StagedDispatcher
+from jaxtrain.parallel.moe.protocol import Dispatcher, ExpertFFN, ExpertLoRA, Routing, StagedDispatcher
 from jaxtrain.parallel.moe.routed import dropless, routed_experts
 from jaxtrain.parallel.moe.select import EXCHANGES, current_exchange, exchange_context, ragged_supported, select
 from jaxtrain.parallel.moe.sharded import ExpertParallel, Layout, layout
 
 __all__ = [
-    "EXCHANGES", "Dispatcher", "ExpertFFN", "ExpertParallel", "Layout", "LocalBlocks", "LocalSorted",
+    "EXCHANGES", "Dispatcher", "ExpertFFN", "ExpertLoRA", "ExpertParallel", "Layout", "LocalBlocks", "LocalSorted",
     "PaddedAllToAll", "RaggedAllToAll", "Routing", "StagedDispatcher", "capacity", "current_exchange", "dropless",
     "emulated_ragged_all_to_all", "exchange_context", "layout", "ragged_supported", "routed_experts", "select",
 ]

@@ -24,7 +24,7 @@ def capacity_slots(flat_ids, num_experts, capacity):
 
 
 def capacity(x, expert_ids, weights, valid, gate_up, down, *, act, capacity_factor, gate_up_bias=None,
-             down_bias=None, glu=None):
+             down_bias=None, glu=None, lora=None):
   """Returns (out `[N, E]`, tokens per expert `[X]` before any drop, dropped assignments)."""
   N, K = expert_ids.shape
   X, E = gate_up.shape[:2]
@@ -34,9 +34,14 @@ def capacity(x, expert_ids, weights, valid, gate_up, down, *, act, capacity_fact
   tokens = jnp.repeat(x, K, axis=0)
   buf = jnp.zeros((X * C, E), x.dtype).at[slot].set(tokens, mode="drop").reshape(X, C, E)
   h = jnp.einsum("xce,xefi->xcfi", buf, gate_up)
+  if lora is not None:  # per-expert adapters (protocol.ExpertLoRA)
+    h = h + lora.scale * jnp.einsum("xcr,xrfi->xcfi", jnp.einsum("xce,xer->xcr", buf, lora.gate_up_a), lora.gate_up_b)
   if gate_up_bias is not None:
     h = h + gate_up_bias[:, None].astype(h.dtype)
-  y_buf = jnp.einsum("xci,xie->xce", gated(h, act, glu), down)
+  a = gated(h, act, glu)
+  y_buf = jnp.einsum("xci,xie->xce", a, down)
+  if lora is not None:
+    y_buf = y_buf + lora.scale * jnp.einsum("xcr,xre->xce", jnp.einsum("xci,xir->xcr", a, lora.down_a), lora.down_b)
   if down_bias is not None:  # dropped assignments get nothing, bias included
     y_buf = y_buf + down_bias[:, None].astype(y_buf.dtype)
   y_buf = y_buf.reshape(X * C, E)

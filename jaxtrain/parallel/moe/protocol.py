@@ -37,6 +37,27 @@ def gated(h, act, glu):
 
 
 @dataclasses.dataclass(frozen=True)
+class ExpertLoRA:
+  """One low-rank adapter per expert, applied inside the grouped matmuls over the same group
+  sizes as the base weights (x @ A_e @ B_e for every row of expert e, no per-expert loop):
+  gate_up += scale * gate_up_a @ gate_up_b with gate_up_a `[X, E, r]`, gate_up_b
+  `[X, r, 2, I]` (one adapter over the fused gate/up output, as PEFT's `target_parameters`
+  adapts transformers' fused expert weights); down += scale * down_a @ down_b with down_a
+  `[X, I, r]`, down_b `[X, r, E]`."""
+  gate_up_a: jax.Array
+  gate_up_b: jax.Array
+  down_a: jax.Array
+  down_b: jax.Array
+  scale: float
+
+  def arrays(self) -> tuple:
+    return self.gate_up_a, self.gate_up_b, self.down_a, self.down_b
+
+  def with_arrays(self, *arrays) -> "ExpertLoRA":
+    return ExpertLoRA(*arrays, scale=self.scale)
+
+
+@dataclasses.dataclass(frozen=True)
 class ExpertFFN:
   """The expert-compute stage: gate/up grouped matmul -> gated unit -> down grouped matmul, on
   rows grouped contiguously by expert. gate_up `[X, E, 2, I]`, down `[X, I, E]`, optional
@@ -49,6 +70,8 @@ class ExpertFFN:
   gate_up_bias: jax.Array | None = None
   glu: Callable | None = None
   checked: bool = False
+  lora: ExpertLoRA | None = None
+  fp8: str | None = None  # FP8 GEMMs through this `kernels.fp8` implementation (None: compute dtype)
 
   @property
   def num_experts(self) -> int:
@@ -59,14 +82,29 @@ class ExpertFFN:
     return self.glu or (lambda gate, up: self.act(gate) * up)
 
   def __call__(self, rows, group_sizes):
-    rows, gate_up, down, bias = col.match_varying(rows, self.gate_up, self.down, self.gate_up_bias,
-                                                  checked=self.checked)
+    lora = self.lora.arrays() if self.lora is not None else ()
+    rows, gate_up, down, bias, *lora = col.match_varying(rows, self.gate_up, self.down, self.gate_up_bias, *lora,
+                                                         checked=self.checked)
     X, E, _, I = gate_up.shape
-    h = kernels.gmm(rows, gate_up.reshape(X, E, 2 * I), group_sizes, impl=self.impl).reshape(-1, 2, I)
+    gmm = lambda lhs, rhs: self._gmm(lhs, rhs, group_sizes)  # noqa: E731
+    h = gmm(rows, gate_up.reshape(X, E, 2 * I))
+    if lora:
+      gu_a, gu_b, dn_a, dn_b = lora
+      h = h + self.lora.scale * gmm(gmm(rows, gu_a), gu_b.reshape(X, -1, 2 * I))
+    h = h.reshape(-1, 2, I)
     if bias is not None:
       row_expert = jnp.searchsorted(jnp.cumsum(group_sizes), jnp.arange(h.shape[0]), side="right")
       h = h + jnp.take(bias, jnp.minimum(row_expert, X - 1), axis=0).astype(h.dtype)
-    return kernels.gmm(gated(h, self.act, self.glu), down, group_sizes, impl=self.impl)
+    a = gated(h, self.act, self.glu)
+    y = gmm(a, down)
+    if lora:
+      y = y + self.lora.scale * gmm(gmm(a, dn_a), dn_b)
+    return y
+
+  def _gmm(self, rows, w, group_sizes):
+    if self.fp8 is None:
+      return kernels.gmm(rows, w, group_sizes, impl=self.impl)
+    return kernels.fp8.gmm(rows, w, group_sizes, gmm_impl=self.impl, impl=self.fp8)
 
 
 class Dispatcher(Protocol):

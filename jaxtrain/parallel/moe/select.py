@@ -18,6 +18,7 @@ import contextvars
 import jax
 
 from jaxtrain import kernels
+from jaxtrain.kernels import dispatch
 from jaxtrain.parallel import collectives as col
 from jaxtrain.parallel.moe.exchange import PaddedAllToAll, RaggedAllToAll, emulated_ragged_all_to_all
 from jaxtrain.parallel.moe.local import LocalBlocks, LocalSorted
@@ -25,7 +26,6 @@ from jaxtrain.parallel.moe.protocol import Dispatcher
 from jaxtrain.parallel.moe.sharded import ExpertParallel, Layout
 
 EXCHANGES = ("auto", "ragged", "padded", "ragged_emulated")
-RAGGED_BACKENDS = ("gpu", "tpu")  # where XLA implements ragged-all-to-all
 
 _exchange: contextvars.ContextVar[str] = contextvars.ContextVar("jaxtrain_expert_exchange", default="auto")
 
@@ -52,13 +52,13 @@ def current_exchange() -> str:
 
 def ragged_supported(backend: str | None = None) -> bool:
   """Whether XLA implements `ragged_all_to_all` on `backend` (default: the running one)."""
-  return (backend or jax.default_backend()) in RAGGED_BACKENDS
+  return kernels.supports("ragged_all_to_all", backend)
 
 
 def resolve_exchange(exchange: str, backend: str | None = None) -> str:
   """"auto" -> "ragged" where supported, else "padded"; "ragged" where unsupported is an error."""
   check_exchange(exchange)
-  backend = backend or jax.default_backend()
+  backend = backend or dispatch.platform()
   if exchange == "auto":
     return "ragged" if ragged_supported(backend) else "padded"
   if exchange == "ragged" and not ragged_supported(backend):
@@ -68,7 +68,8 @@ def resolve_exchange(exchange: str, backend: str | None = None) -> str:
   return exchange
 
 
-def select(exchange: str, impl: str, layout: Layout | None, *, backend: str | None = None) -> Dispatcher:
+def select(exchange: str, impl: str, layout: Layout | None, *, backend: str | None = None,
+           adapters: bool = False, fp8: bool = False) -> Dispatcher:
   """The dispatcher for one MoE call.
 
   `layout` (sharded.layout) None: this device's view, where the grouped-matmul impl decides:
@@ -77,10 +78,13 @@ def select(exchange: str, impl: str, layout: Layout | None, *, backend: str | No
   Otherwise a shard_map (ExpertParallel) around LocalSorted when the experts are not split (or
   "auto" over a size-1 expert axis), else around the exchange `exchange` resolves to on
   `backend` (default: the running one); there the per-device compute is always the grouped
-  matmul (`impl` "blocked" = `gmm_blocked`). The gmm kernel resolves for the running backend."""
+  matmul (`impl` "blocked" = `gmm_blocked`). The gmm kernel resolves for the running backend.
+  Experts with LoRA adapters (`adapters`) or FP8 GEMMs (`fp8`) always take the staged path: both
+  run through the grouped matmul (adapters as extra grouped matmuls), which the fused blocked
+  FFN does not have."""
   check_exchange(exchange)
   if layout is None:
-    return LocalBlocks() if kernels.resolve("gmm", impl)[0] == "blocked" else LocalSorted()
+    return LocalBlocks() if kernels.resolve("gmm", impl)[0] == "blocked" and not (adapters or fp8) else LocalSorted()
   checked = col.checks_vma("gmm", impl)
   if not layout.ep_axes or (exchange == "auto" and layout.ep_size == 1):
     return ExpertParallel(LocalSorted(), layout, checked)

@@ -78,12 +78,20 @@ class ExpertParallel:
     in_specs = (PartitionSpec(tok, None), PartitionSpec(tok, None), PartitionSpec(tok, None), PartitionSpec(tok),
                 PartitionSpec(ep, None, None, tp), PartitionSpec(ep, tp, None))
     args = (x, routing.expert_ids, routing.weights, routing.valid, experts.gate_up, experts.down)
-    if experts.gate_up_bias is not None:
+    has_bias, lora = experts.gate_up_bias is not None, experts.lora
+    if has_bias:
       in_specs += (PartitionSpec(ep, None, tp),)
       args += (experts.gate_up_bias,)
+    if lora is not None:  # A's input dims and B's output dims split like the weights they adapt
+      in_specs += (PartitionSpec(ep, None, None), PartitionSpec(ep, None, None, tp), PartitionSpec(ep, tp, None),
+                   PartitionSpec(ep, None, None))
+      args += lora.arrays()
 
-    def body(x, expert_ids, weights, valid, gate_up, down, gate_up_bias=None):
-      local = dataclasses.replace(experts, gate_up=gate_up, down=down, gate_up_bias=gate_up_bias, checked=checked)
+    def body(x, expert_ids, weights, valid, gate_up, down, *extra):
+      gate_up_bias = extra[0] if has_bias else None
+      local_lora = None if lora is None else lora.with_arrays(*extra[int(has_bias):])
+      local = dataclasses.replace(experts, gate_up=gate_up, down=down, gate_up_bias=gate_up_bias, checked=checked,
+                                  lora=local_lora)
       out, counts = self.inner(x, Routing(expert_ids, weights, valid), local)
       if lay.tp_axes:
         out = jax.lax.psum(out, col.axis_name(lay.tp_axes))  # partial sums over the split hidden dim

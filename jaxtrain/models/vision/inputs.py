@@ -80,3 +80,9 @@ def _pad_rows(pixels: np.ndarray, items: np.ndarray, cap: int) -> tuple[np.ndarr
     return pixels, items
   widen = [(0, 0), (0, cap - P)]
   return np.pad(pixels, widen + [(0, 0)] * (pixels.ndim - 2)), np.pad(items, widen)
+
+
+def input_axes(key: str, ndim: int) -> tuple[str | None, ...]:
+  """Logical axes of a vision input: rows (and `rope_positions`' sequence) sharded like the text."""
+  lead = ("act_batch", "act_seq") if key == "rope_positions" else ("act_batch",)
+  return lead + (None,) * (ndim - len(lead))

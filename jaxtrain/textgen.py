@@ -1,0 +1,155 @@
+"""Text in, text out: a trained model with its tokenizer, for `jaxtrain generate`, `jaxtrain chat`
+and notebooks.
+
+    lm = TextModel.load("runs/quickstart")          # a workdir, checkpoint or HF directory
+    lm.generate(["def ", "class "], max_new_tokens=64)
+    for piece in lm.stream(lm.chat_prompt([{"role": "user", "content": "Hi"}]), max_new_tokens=64):
+      print(piece, end="", flush=True)
+
+The tokenizer comes with the model: an HF directory's own files, or the tokenizer (and chat
+template) the run trained with. Sampling is the rollout sampler's (`jaxtrain.generate.Sampler`:
+a KV cache, prompts of any lengths in one batch, stop tokens on the device, compiled programs
+reused across calls of similar shapes); `stream` yields each compiled decoding chunk as it lands.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Any, Iterator, Mapping, Sequence
+
+import numpy as np
+
+from jaxtrain.converters import from_pretrained
+from jaxtrain.converters.hf_config import is_hf_dir
+from jaxtrain.converters.load import checkpoint_model_section
+from jaxtrain.data.tokenizer import Tokenizer, build_tokenizer
+from jaxtrain.generate.sampler import Sampler, SamplingParams
+
+log = logging.getLogger("jaxtrain")
+
+
+def _generation_eos_ids(directory: str) -> set[int]:
+  """eos_token_id of an HF directory's generation_config.json (an int or a list)."""
+  path = os.path.join(directory, "generation_config.json")
+  if not os.path.isfile(path):
+    return set()
+  with open(path) as f:
+    value = json.load(f).get("eos_token_id")
+  return set(value if isinstance(value, list) else [value] if isinstance(value, int) else [])
+
+
+def tokenizer_for(path: str, tokenizer: str | None = None, chat_template: str = "") -> tuple[Tokenizer, dict]:
+  """(tokenizer, the data settings the model trained with) for a model at `path`: `tokenizer`
+  ("byte" or an HF tokenizer directory) if given, else the HF directory's own, else the one
+  the jaxtrain run was configured with. Raises ValueError when none is found."""
+  data: dict[str, Any] = {}
+  if tokenizer is None:
+    if is_hf_dir(path):
+      tokenizer = path if os.path.isfile(os.path.join(path, "tokenizer.json")) else None
+    else:
+      saved = checkpoint_model_section(path)[3]
+      data = dict(saved.get("data") or {})
+      tokenizer = data.get("tokenizer")
+      chat_template = chat_template or data.get("chat_template", "")
+      init_from = (saved.get("model") or {}).get("init_from") or ""
+      if tokenizer is None and init_from and os.path.isfile(os.path.join(init_from, "tokenizer.json")):
+        tokenizer = init_from  # an import-hf checkpoint: the HF directory it came from
+  if tokenizer is None:
+    raise ValueError(f"{path}: no tokenizer found with the model; pass one (--tokenizer byte or a Hugging Face "
+                     "tokenizer directory)")
+  return build_tokenizer({"tokenizer": tokenizer, "chat_template": chat_template}), data
+
+
+def end_of_turn_id(tokenizer: Tokenizer) -> int | None:
+  """The token a chat template writes right after an assistant message (<|im_end|>,
+  <|eot_id|>, ...), found by rendering one; None without a template."""
+  if not tokenizer.chat_template:
+    return None
+  marker = "\u2063REPLY\u2063"
+  text = tokenizer.apply_chat_template([{"role": "user", "content": "hi"}, {"role": "assistant", "content": marker}])
+  suffix = text.split(marker, 1)[1] if marker in text else ""
+  ids = tokenizer.encode(suffix) if suffix.strip() else []
+  return ids[0] if ids else None
+
+
+class TextModel:
+  """A model and its tokenizer: prompts in, completions out."""
+
+  def __init__(self, model, tokenizer: Tokenizer, *, add_bos: bool = True, stop_ids: Sequence[int] = ()):
+    self.model = model
+    self.tokenizer = tokenizer
+    self.add_bos = add_bos and tokenizer.bos_id is not None
+    self.stop_ids = {i for i in (tokenizer.eos_id, end_of_turn_id(tokenizer), *stop_ids) if i is not None}
+    self._samplers: dict[int, Sampler] = {}
+
+  def sampler(self, decode_chunk: int = 16) -> Sampler:
+    """The sampler of this model decoding `decode_chunk` tokens per compiled step (one each, kept)."""
+    if decode_chunk not in self._samplers:
+      self._samplers[decode_chunk] = Sampler(self.model, tokenizer=self.tokenizer, eos_ids=sorted(self.stop_ids),
+                                             vocab_limit=self.tokenizer.vocab_size, decode_chunk=decode_chunk)
+    return self._samplers[decode_chunk]
+
+  @classmethod
+  def load(cls, path: str, *, tokenizer: str | None = None, chat_template: str = "", dtype: str = "float32",
+           progress: bool | None = None) -> "TextModel":
+    """A jaxtrain workdir / checkpoint (its latest step, or a step directory) or an HF directory."""
+    path = os.path.expanduser(path)
+    tok, data = tokenizer_for(path, tokenizer, chat_template)
+    model = from_pretrained(path, dtype=dtype, progress=progress)
+    stop = _generation_eos_ids(path) | _generation_eos_ids(tok.name_or_path)  # the HF directory's, if any
+    return cls(model, tok, add_bos=bool(data.get("add_bos", True)), stop_ids=sorted(stop))
+
+  # -- prompts --------------------------------------------------------------------------------
+  def encode_prompt(self, text: str) -> list[int]:
+    """Token ids of a plain-text prompt (bos first where the model trained with one; a chat
+    template writes its own)."""
+    ids = self.tokenizer.encode(text)
+    if self.add_bos and not (ids and ids[0] == self.tokenizer.bos_id):
+      ids = [self.tokenizer.bos_id] + ids
+    return ids
+
+  def chat_prompt(self, messages: Sequence[Mapping[str, Any]]) -> list[int]:
+    """Token ids of a conversation rendered with the chat template, ready for the reply."""
+    return self.tokenizer.encode(self.tokenizer.apply_chat_template(messages, add_generation_prompt=True))
+
+  def _drop_stop(self, ids: Sequence[int]) -> list[int]:
+    return list(ids[:-1]) if ids and ids[-1] in self.stop_ids else list(ids)
+
+  # -- sampling -------------------------------------------------------------------------------
+  def generate_ids(self, prompts: Sequence[Sequence[int]], *, max_new_tokens: int = 64, temperature: float = 0.8,
+                   top_k: int = 0, top_p: float = 1.0, seed: int = 0) -> list[list[int]]:
+    """New token ids for each prompt (one batch, any lengths), without the stop token."""
+    for i, p in enumerate(prompts):
+      if not p:
+        raise ValueError(f"prompt {i} is empty (no tokens)")
+    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p)
+    batch = self.sampler().generate([list(p) for p in prompts], params, seed=seed)
+    return [self._drop_stop(c.token_ids) for c in batch.completions]
+
+  def generate(self, prompts: Sequence[str], **sampling) -> list[str]:
+    """Completions of plain-text prompts (see `generate_ids` for the sampling options)."""
+    ids = self.generate_ids([self.encode_prompt(p) for p in prompts], **sampling)
+    return [self.tokenizer.decode(i, skip_special_tokens=True) for i in ids]
+
+  def stream(self, prompt_ids: Sequence[int], *, max_new_tokens: int = 256, temperature: float = 0.8,
+             top_k: int = 0, top_p: float = 1.0, seed: int = 0, chunk: int = 8) -> Iterator[str]:
+    """The completion of one prompt as text pieces, `chunk` tokens at a time (one compiled
+    decoding step each, one KV cache for the whole reply); stops at a stop token."""
+    if not prompt_ids:
+      raise ValueError("the prompt is empty (no tokens)")
+    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p)
+    new: list[int] = []
+    shown = text = ""
+    for ids in self.sampler(chunk).stream(list(prompt_ids), params, seed=seed):
+      stopped = bool(ids) and ids[-1] in self.stop_ids
+      new += self._drop_stop(ids)
+      text = self.tokenizer.decode(new, skip_special_tokens=True)
+      if stopped or not text.endswith("\ufffd"):  # hold back a character whose bytes are incomplete
+        yield text[len(shown):]
+        shown = text
+      if stopped:
+        return
+    if len(shown) < len(text):
+      yield text[len(shown):]
