@@ -11,7 +11,7 @@ vision_chat JSONL through the multimodal data pipeline with the Qwen3-VL process
 writes (a BPE tokenizer trained on the dataset's text, Qwen3-VL's chat template and image /
 video processor settings: 16-pixel patches, 2 frames per patch). Held-out questions are the
 eval split. `--config.data.sources.train.path=runs/vlm_synth/blank/train.jsonl` trains on the
-same questions over blank pictures (experiments/vlm_learns.py compares the two).
+same questions over blank pictures (experiments/vlm_synthetic.py compares the two).
 """
 
 import os
