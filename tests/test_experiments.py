@@ -37,6 +37,16 @@ def test_bench_train_compares_jaxtrain_with_torch_eager():
   assert torch_row[6] == "1.00x"
 
 
+def test_bench_train_vlm_preset_times_the_vision_tower():
+  out = _run("bench_train.py", "--preset", "cpu-vlm", "--frameworks", "jaxtrain,torch-eager", "--steps", "1",
+             "--warmup", "1", "--batch", "2", "--seq", "96")
+  jax_row, torch_row = _table_row(out, "jaxtrain"), _table_row(out, "torch-eager")
+  assert float(jax_row[1].replace(",", "")) > 0 and float(torch_row[1].replace(",", "")) > 0
+  vision, blocks = re.fullmatch(r"([\d.]+) \(([\d.]+)\)", jax_row[7]).groups()
+  assert 0 < float(blocks) < float(vision) < float(jax_row[2])  # blocks < tower < whole step
+  assert float(torch_row[7]) > 0
+
+
 def test_profile_step_attributes_time_to_experts_and_attention():
   out = _run("profile_step.py", "--batch", "2", "--seq", "32", "--steps", "1")
   assert re.search(r"[\d,]+ minor page faults per step", out), out
