@@ -352,17 +352,32 @@ def run_torch(spec: dict, compiled: bool, wrap=None, name: str | None = None) ->
 # ------------------------------------------------------------------------------------------
 # Driver
 # ------------------------------------------------------------------------------------------
-def _worker(framework: str, spec: dict, timeout: float) -> dict:
-  cmd = [sys.executable, os.path.abspath(__file__), "--worker", framework, "--spec", json.dumps(spec)]
+def run_worker(script: str, name: str, spec: dict, timeout: float, extra: tuple[str, ...] = ()) -> dict:
+  """`script --worker name --spec JSON [extra]` in its own process (so its peak memory is its
+  own): the last JSON line it prints, or {"framework": name, "error": ...}."""
+  cmd = [sys.executable, os.path.abspath(script), "--worker", name, "--spec", json.dumps(spec), *extra]
   try:
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
   except subprocess.TimeoutExpired:
-    return {"framework": framework, "error": f"timed out after {timeout:.0f}s"}
+    return {"framework": name, "error": f"timed out after {timeout:.0f}s"}
   lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
   if proc.returncode != 0 or not lines:
     tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-    return {"framework": framework, "error": " | ".join(tail)[-300:]}
+    return {"framework": name, "error": " | ".join(tail)[-300:]}
   return json.loads(lines[-1])
+
+
+def preset_spec(args) -> dict:
+  """The spec of `args.preset` (default: cpu-moe on CPU, gpu-moe elsewhere; written back to
+  args) with the --steps / --warmup / --batch / --seq overrides."""
+  if args.preset is None:
+    import jax
+    args.preset = "cpu-moe" if jax.default_backend() == "cpu" else "gpu-moe"
+  spec = dict(PRESETS[args.preset])
+  for key in ("steps", "warmup", "batch", "seq"):
+    if getattr(args, key) is not None:
+      spec[key] = getattr(args, key)
+  return spec
 
 
 def _fmt(value, spec=",.0f"):
@@ -422,13 +437,7 @@ def main(argv=None) -> int:
     print(json.dumps(result))
     return 0
 
-  if args.preset is None:
-    import jax
-    args.preset = "cpu-moe" if jax.default_backend() == "cpu" else "gpu-moe"
-  spec = dict(PRESETS[args.preset])
-  for key in ("steps", "warmup", "batch", "seq"):
-    if getattr(args, key) is not None:
-      spec[key] = getattr(args, key)
+  spec = preset_spec(args)
   frameworks = [f for f in args.frameworks.split(",") if f]
   unknown = set(frameworks) - set(FRAMEWORKS)
   if unknown:
@@ -437,7 +446,7 @@ def main(argv=None) -> int:
         f"{spec['steps']} timed steps after {spec['warmup']} warm-up", flush=True)
   results = []
   for framework in frameworks:
-    r = _worker(framework, spec, args.timeout)
+    r = run_worker(__file__, framework, spec, args.timeout)
     results.append(r)
     print(f"  {framework}: " + (r.get("error") or f"{r['tokens_per_sec']:,.0f} tokens/s, {r['step_ms']:.1f} ms/step"),
           flush=True)
