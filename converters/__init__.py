@@ -6,7 +6,8 @@
     import_hf("path/to/hf_dir", "ckpt/")                        # python -m jaxtrain.converters import-hf
 
 Families: qwen3, qwen3_moe, llama (rope default / linear / llama3 / yarn), mixtral, qwen2_moe,
-deepseek_v3 (also Kimi-K2's kimi_k2), gpt_oss. Weights stream one tensor at a time from (sharded)
+deepseek_v3 (also Kimi-K2's kimi_k2), gpt_oss, and the vision-language qwen3_vl, qwen3_vl_moe and
+internvl (Qwen3 / Qwen3-MoE language model; exports load in AutoModelForImageTextToText). Weights stream one tensor at a time from (sharded)
 safetensors into their target shardings; FP8 block-scaled (DeepSeek-V3 / Kimi-K2) and MXFP4
 (GPT-OSS) releases are dequantized on the fly (dequant.py); pytorch_model*.bin needs torch.
 Everything else here runs without torch.

@@ -47,7 +47,9 @@ log = logging.getLogger("jaxtrain.converters")
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
                    "vocab.json", "vocab.txt", "merges.txt", "tokenizer.model", "generation_config.json",
-                   "chat_template.jinja", "chat_template.json")
+                   "chat_template.jinja", "chat_template.json",
+                   # vision-language models' processors
+                   "preprocessor_config.json", "video_preprocessor_config.json", "processor_config.json")
 # What an earlier export into the same directory may have left (removed under force=True).
 _OUR_OUTPUTS = ("model*.safetensors", "model.safetensors.index.json", "pytorch_model*.bin",
                 "pytorch_model.bin.index.json", "config.json")

@@ -49,7 +49,8 @@ HARMLESS = {
 # Fields of the `model` section that come from the HF config (the rest are training choices:
 # dtype, param_dtype, fp8, remat, moe_impl, capacity_factor, aux_loss_weight, z_loss_weight, init_from).
 TRAINING_FIELDS = ("init_from", "dtype", "param_dtype", "fp8", "remat", "moe_impl", "capacity_factor",
-                   "aux_loss_weight", "z_loss_weight", "seq_aux_loss_weight", "router_bias_update_rate")
+                   "aux_loss_weight", "z_loss_weight", "seq_aux_loss_weight", "router_bias_update_rate", "freeze")
+VISION_TRAINING_FIELDS = ("remat", "row_capacity")  # of model.vision
 
 
 def is_hf_dir(path: str) -> bool:
@@ -115,10 +116,41 @@ def from_hf(hf: dict, *, source: str = "config.json") -> dict:
   family = families.get(model_type, source=source)
   if model_type != family.name:
     log.info("%s: model_type %r is read as %s (same architecture)", source, model_type, family.name)
+  if family.multimodal:
+    return _from_hf_multimodal(hf, family, source)
   if family.default_rope and not hf.get("rope_parameters") and not hf.get("rope_scaling"):
     theta = hf.get("rope_theta", family.hf_defaults["rope_theta"])
     hf = {**hf, "rope_parameters": {"rope_theta": theta, **family.default_rope}}  # what transformers assumes
   r = HfReader(hf, family.name, family.hf_defaults, source)
+  section = _read_language_model(r, family)
+  _finish(r, family, source)
+  return section
+
+
+def _from_hf_multimodal(hf: dict, family, source: str) -> dict:
+  """A vision-language config: `text_config` read by its text family, the top level and
+  `vision_config` by the family itself; the top level's tie_word_embeddings governs."""
+  r = HfReader(hf, family.name, family.hf_defaults, source)
+  r.used.add("model_type")
+  text = hf.get("text_config")
+  if not isinstance(text, dict):
+    raise ConversionError(f"{source}: a {family.name} config needs a text_config object")
+  names = {f.name: f for f in family.text_families}
+  text_family = names.get(text.get("model_type") or family.text_families[0].name)
+  if text_family is None:
+    raise ConversionError(f"{source}: text_config.model_type {text.get('model_type')!r} is not supported for "
+                          f"{family.name} (supported: {', '.join(names)})")
+  tr = r.nested("text_config", text_family.hf_defaults)
+  section = _read_language_model(tr, text_family)
+  tr.used.add("tie_word_embeddings")  # transformers ties by the top level's flag
+  section.update(arch=family.name, tie_word_embeddings=bool(r.get("tie_word_embeddings")))
+  family.read(r, section)
+  _finish(r, family, source)
+  return section
+
+
+def _read_language_model(r: HfReader, family) -> dict:
+  """The `model` section fields of a (text) family's config dict."""
   r.used.add("model_type")
   hidden = int(r.required("hidden_size"))
   heads = int(r.required("num_attention_heads"))
@@ -130,7 +162,7 @@ def from_hf(hf: dict, *, source: str = "config.json") -> dict:
   if act not in ACTIVATIONS_IN:
     r.unsupported("hidden_act", f"activation not supported (supported: {sorted(ACTIVATIONS_IN)})")
   max_pos = int(r.get("max_position_embeddings"))
-  theta, rope = read_rope(r, max_pos)
+  theta, rope = read_rope(r, max_pos, family.rope_keys)
   section: dict[str, Any] = {
       "arch": family.name,
       "vocab_size": int(r.required("vocab_size")),
@@ -173,13 +205,17 @@ def from_hf(hf: dict, *, source: str = "config.json") -> dict:
     # Dense model: MoE-only fields at neutral values.
     section.update(num_experts=0, num_experts_per_tok=1, moe_intermediate_size=0, mlp_only_layers=(),
                    decoder_sparse_step=1)
+  return section
+
+
+def _finish(r: HfReader, family, source: str) -> None:
+  """Raises with every problem found; warns about keys nobody read."""
   if r.problems:
     raise ConversionError(format_problems(f"{source}: cannot convert this {family.name} config exactly:", r.problems))
-  unknown = sorted(set(hf) - r.used - HARMLESS)
+  unknown = r.unknown(HARMLESS)
   if unknown:
     log.warning("%s: ignoring config keys not known to change %s numerics: %s", source, family.name,
                 ", ".join(unknown))
-  return section
 
 
 def to_hf(cfg, *, dtype: str = "float32") -> dict:
@@ -187,11 +223,25 @@ def to_hf(cfg, *, dtype: str = "float32") -> dict:
   if cfg.arch not in families.FAMILIES:
     raise ConversionError(f"model.arch={cfg.arch!r} cannot be exported (supported: {', '.join(families.FAMILIES)})")
   family = families.FAMILIES[cfg.arch]
+  if not family.multimodal:
+    hf = {"architectures": [family.architecture], **_language_model_to_hf(cfg, family), "dtype": dtype}
+  else:
+    moe = cfg.num_experts > 0
+    text_family = next((f for f in family.text_families if f.moe == moe), family.text_families[0])
+    text = _language_model_to_hf(cfg, text_family)
+    text.pop("tie_word_embeddings")
+    hf = {"architectures": [family.architecture], "model_type": family.name, "text_config": text,
+          "tie_word_embeddings": cfg.tie_word_embeddings, "dtype": dtype}
+    family.write(cfg, hf)
+  check_representable(cfg, hf)
+  return hf
+
+
+def _language_model_to_hf(cfg, family) -> dict:
   if cfg.activation not in ACTIVATIONS_OUT:
     raise ConversionError(f"model.activation={cfg.activation!r} cannot be exported")
   params, legacy = write_rope(cfg)
   hf: dict[str, Any] = {
-      "architectures": [family.architecture],
       "model_type": family.name,
       "vocab_size": cfg.vocab_size,
       "hidden_size": cfg.hidden_size,
@@ -210,10 +260,8 @@ def to_hf(cfg, *, dtype: str = "float32") -> dict:
       "initializer_range": cfg.initializer_range,
       "attention_dropout": 0.0,
       "use_cache": True,
-      "dtype": dtype,
   }
   family.write(cfg, hf)
-  check_representable(cfg, hf)
   return hf
 
 

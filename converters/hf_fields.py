@@ -25,15 +25,35 @@ class HfReader:
   """A config.json dict read by one family: every key read is recorded (the rest is reported
   as unknown), and every problem is collected so all of them are reported at once."""
 
-  def __init__(self, hf: dict, family: str, defaults: dict, source: str):
+  def __init__(self, hf: dict, family: str, defaults: dict, source: str, *, problems: list | None = None,
+               prefix: str = ""):
     self.hf, self.family, self.defaults, self.source = hf, family, defaults, source
     self.used: set[str] = set()
-    self.problems: list[str] = []
+    self.problems: list[str] = [] if problems is None else problems
+    self.prefix = prefix  # "vision_config." for a nested reader: problems name the full key
+    self.children: list[HfReader] = []
+
+  def nested(self, key: str, defaults: dict) -> "HfReader":
+    """A reader of the sub-config `key` (e.g. vision_config) sharing this reader's problems."""
+    self.used.add(key)
+    value = self.hf.get(key)
+    if value is not None and not isinstance(value, dict):
+      self.problems.append(f"{self.prefix}{key}: expected an object, got {type(value).__name__}")
+      value = None
+    child = HfReader(value or {}, self.family, defaults, self.source, problems=self.problems,
+                     prefix=f"{self.prefix}{key}.")
+    self.children.append(child)
+    return child
+
+  def unknown(self, harmless) -> list[str]:
+    """Keys never read here or in nested readers (full dotted names), minus `harmless`."""
+    own = [self.prefix + k for k in sorted(set(self.hf) - self.used - set(harmless))]
+    return own + [k for child in self.children for k in child.unknown(harmless)]
 
   def required(self, key: str):
     self.used.add(key)
     if self.hf.get(key) is None:
-      self.problems.append(f"{key}: required field is missing")
+      self.problems.append(f"{self.prefix}{key}: required field is missing")
       return 0
     return self.hf[key]
 
@@ -53,40 +73,40 @@ class HfReader:
     return default
 
   def unsupported(self, key: str, message: str):
-    self.problems.append(f"{key}={self.hf.get(key)!r}: {message}")
+    self.problems.append(f"{self.prefix}{key}={self.hf.get(key)!r}: {message}")
 
 
 # -- RoPE --------------------------------------------------------------------------------------
 
-def read_rope(r: HfReader, max_pos: int) -> tuple[float, dict]:
+def read_rope(r: HfReader, max_pos: int, extra_keys: tuple[str, ...] = ()) -> tuple[float, dict]:
   """(rope_theta, the `model.rope_scaling` dict) from `rope_parameters` (transformers 5) and/or
-  `rope_scaling` + `rope_theta` (transformers 4)."""
+  `rope_scaling` + `rope_theta` (transformers 4). `extra_keys`: keys the family reads itself."""
   hf = r.hf
   r.used.update({"rope_parameters", "rope_scaling", "rope_theta", "partial_rotary_factor"})
   params = hf.get("rope_parameters") or {}
   legacy = hf.get("rope_scaling") or {}
   for name, d in (("rope_parameters", params), ("rope_scaling", legacy)):
     if not isinstance(d, dict):
-      r.problems.append(f"{name}={d!r}: expected an object")
+      r.problems.append(r.prefix + f"{name}={d!r}: expected an object")
       return 0.0, {"type": "none"}
     if any(isinstance(v, dict) for v in d.values()):
-      r.problems.append(f"{name}: per-layer-type RoPE parameters are not supported")
+      r.problems.append(r.prefix + f"{name}: per-layer-type RoPE parameters are not supported")
       return 0.0, {"type": "none"}
   merged = {**legacy, **params}
-  unknown = sorted(set(merged) - ROPE_KEYS)
+  unknown = sorted(set(merged) - ROPE_KEYS - set(extra_keys))
   if unknown:
-    r.problems.append(f"rope_parameters/rope_scaling: unsupported keys {unknown}")
+    r.problems.append(r.prefix + f"rope_parameters/rope_scaling: unsupported keys {unknown}")
   theta = merged.get("rope_theta", hf.get("rope_theta"))
   theta = float(r.defaults["rope_theta"] if theta is None else theta)
   partial = merged.get("partial_rotary_factor", hf.get("partial_rotary_factor"))
   if partial is not None and float(partial) != 1.0:
-    r.problems.append(f"partial_rotary_factor={partial}: partial rotary embeddings are not supported")
+    r.problems.append(r.prefix + f"partial_rotary_factor={partial}: partial rotary embeddings are not supported")
   kind = merged.get("rope_type", merged.get("type")) or "default"
   rope: dict[str, Any] = {"type": "none"}
 
   def need(key):
     if merged.get(key) is None:
-      r.problems.append(f"rope_parameters.{key}: required for rope_type {kind!r}")
+      r.problems.append(r.prefix + f"rope_parameters.{key}: required for rope_type {kind!r}")
       return 1.0
     return merged[key]
 
@@ -108,9 +128,9 @@ def read_rope(r: HfReader, max_pos: int) -> tuple[float, dict]:
             "attention_factor": float(merged.get("attention_factor") or 0.0),
             "truncate": bool(merged.get("truncate", True))}
     if merged.get("attention_factor") is not None and float(merged["attention_factor"]) == 0.0:
-      r.problems.append("rope_parameters.attention_factor=0: a zero attention factor is not supported")
+      r.problems.append(r.prefix + "rope_parameters.attention_factor=0: a zero attention factor is not supported")
   else:
-    r.problems.append(f"rope_type={kind!r}: not supported (supported: default, linear, llama3, yarn)")
+    r.problems.append(r.prefix + f"rope_type={kind!r}: not supported (supported: default, linear, llama3, yarn)")
   return theta, {**dataclasses.asdict(RopeScaling()), **rope}
 
 
@@ -141,7 +161,7 @@ def write_rope(cfg) -> tuple[dict, dict | None]:
 
 def check_layer_types(r: HfReader, types, layers: int) -> bool:
   if len(types) != layers or any(t not in WINDOW_TYPES for t in types):
-    r.problems.append(f"layer_types={types!r}: expected {layers} entries of full_attention/sliding_attention")
+    r.problems.append(r.prefix + f"layer_types={types!r}: expected {layers} entries of full_attention/sliding_attention")
     return False
   return True
 

@@ -244,6 +244,7 @@ def load_hf_params(hf_dir: str, model_cfg, params_sharding=None, *, mesh=None, p
   shapes = {p: tuple(v.get_value().shape) for p, v in flat_abstract.items()}
   entries = tables.plan(model_cfg, fam)
   tables.check_coverage(entries, shapes)
+  entries = tables.adapt_layouts(entries, {k: i.shape for k, i in weights.infos.items()}, shapes)
   mtp = int(raw.get("num_nextn_predict_layers") or raw.get("num_mtp_layers") or 0)
   validate_weights(weights, entries, fam, shapes, model_cfg, mtp_layers=mtp)
 

@@ -13,7 +13,7 @@ import os
 from typing import Any
 
 from jaxtrain.converters.errors import ConversionError
-from jaxtrain.converters.hf_config import TRAINING_FIELDS
+from jaxtrain.converters.hf_config import TRAINING_FIELDS, VISION_TRAINING_FIELDS
 from jaxtrain.converters.load import check_config_matches, model_section
 
 from jaxtrain import config as config_lib
@@ -53,9 +53,11 @@ def resolve_model_section(config, *, missing_ok: bool = False):
   for key, value in source.items():
     if key in TRAINING_FIELDS or key not in defaults:
       continue
-    if key == "rope_scaling":
+    if isinstance(defaults[key], dict):  # rope_scaling, vision: field by field
+      skip = VISION_TRAINING_FIELDS if key == "vision" else ()
       sub = {k: v for k, v in value.items()
-             if k in defaults[key] and _norm(current[key][k]) == _norm(defaults[key][k]) and _norm(v) != _norm(current[key][k])}
+             if k in defaults[key] and k not in skip and _norm(current[key][k]) == _norm(defaults[key][k])
+             and _norm(v) != _norm(current[key][k])}
       if sub:
         updates[key] = sub
     elif _norm(current[key]) == _norm(defaults[key]) and _norm(value) != _norm(current[key]):

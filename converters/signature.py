@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
+
 
 def arch_signature(cfg) -> dict[str, Any]:
   """What determines a ModelConfig's forward numerics, keyed by the config field(s) behind it."""
@@ -32,6 +34,13 @@ def arch_signature(cfg) -> dict[str, Any]:
       "num_experts/decoder_sparse_step/mlp_only_layers/first_k_dense": moe,
       "attention": cfg.attention,
   }
+  if cfg.mrope_section:
+    sig["mrope_section"] = tuple(cfg.mrope_section)
+  sig["vision.tower"] = cfg.vision.tower
+  if cfg.vision.enabled:
+    for f in dataclasses.fields(cfg.vision):
+      if f.name not in ("tower", "remat", "row_capacity"):
+        sig[f"vision.{f.name}"] = getattr(cfg.vision, f.name)
   if cfg.attention == "mla":
     from jaxtrain.models.mla import softmax_scale
     del sig["num_kv_heads"], sig["head_dim"]

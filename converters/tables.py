@@ -12,10 +12,18 @@ transform:
   t2     as t1 with the first two slice dims forming `in` (o_proj [E, H*D] -> [H, D, E])
   pairs  HF [..., 2*I] holding gate/up interleaved (gate_i at 2i, up_i at 2i+1) -> slice
          [..., 2, I] (GPT-OSS fused expert projections and their biases)
+  halves HF [..., 2*I] holding gate then up -> slice [..., 2, I] (Qwen3-VL-MoE fused experts)
+  xt1    t1 per expert: HF [X, out, in] -> slice [X, in, *out] (fused experts as transformers keeps them)
+  conv   HF [out, *in] (a convolution kernel) -> slice [*in, out]
+
+A rule may name an alternative layout (`alt`) that import takes when a tensor's shape matches
+it and not the main one (checkpoints that store fused experts transposed); export writes `layout`.
 
 Layers live at `stages/<stage>/blocks/<slot>/...` with the stage's repeat as the leading axis
 (`ModelConfig.layer_location`), experts are stacked on the axis after it, and gate/up
-projections are fused on a size-2 axis. `plan(cfg, table)` expands a `WeightTable` into one
+projections are fused on a size-2 axis. Vision-language families add the vision tower and
+projector: plain rules (`WeightTable.vision`) and `Stack`s of scanned layers (tower blocks,
+DeepStack mergers) whose parameters carry the layer as their leading axis. `plan(cfg, table)` expands a `WeightTable` into one
 `Entry` per HF tensor, in Hugging Face order. All transforms are transposes and reshapes, so a
 round trip is bit-exact.
 
@@ -25,6 +33,7 @@ composes its `WeightTable` from them and its own rules.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from dataclasses import dataclass
@@ -45,15 +54,28 @@ class Rule:
   layout: str = "same"
   select: tuple = ()
   when: str = "always"
+  alt: str = ""  # another on-disk layout import accepts (the shape decides)
+
+
+@dataclass(frozen=True)
+class Stack:
+  """`count(cfg)` stacked layers outside the decoder (a vision tower's blocks): rules whose HF
+  key has `{layer}` and whose path (under `path`) gets the layer as its leading index."""
+  path: str
+  count: Callable[[Any], int]
+  rules: tuple[Rule, ...]
 
 
 @dataclass(frozen=True)
 class WeightTable:
   """A family's HF tensors: rules outside the decoder layers (`top`: the first is read before
-  the layers, the rest after, in Hugging Face order) and inside each layer."""
+  the layers, the rest after, in Hugging Face order) and inside each layer; a
+  vision-language family's tower and projector come first (`vision`, then `stacks`)."""
   top: tuple[Rule, ...]
   layer: tuple[Rule, ...]
   ignore: tuple[str, ...] = ()  # regexes of HF keys that may be present and are skipped
+  vision: tuple[Rule, ...] = ()
+  stacks: tuple[Stack, ...] = ()
 
   def ignorable(self, key: str) -> bool:
     return any(re.fullmatch(p, key) for p in self.ignore)
@@ -75,7 +97,16 @@ FEATURES: dict[str, Callable[[Any, Any], bool]] = {
     "q_lora": lambda cfg, kind: bool(cfg.q_lora_rank),
     "q_lora_bias": lambda cfg, kind: bool(cfg.q_lora_rank) and cfg.attention_bias,
     "expert_bias": lambda cfg, kind: kind.moe and cfg.expert_bias,
+    "vit_qkv_bias": lambda cfg, kind: cfg.vision.qkv_bias,
+    "vit_qk_norm": lambda cfg, kind: cfg.vision.qk_norm,
+    "vit_norm_bias": lambda cfg, kind: cfg.vision.norm == "layer_norm",
+    "vit_final_norm": lambda cfg, kind: cfg.vision.final_norm,
 }
+
+
+def reprefix(rules: tuple[Rule, ...], old: str, new: str) -> tuple[Rule, ...]:
+  """The same rules with HF keys under another prefix (a language model nested in a VLM)."""
+  return tuple(dataclasses.replace(r, hf=new + r.hf[len(old):]) if r.hf.startswith(old) else r for r in rules)
 
 L = "model.layers.{layer}."
 TOP = (
@@ -121,6 +152,7 @@ class Entry:
   index: tuple  # ints and full slices, one per parameter dimension (or fewer)
   layout: str
   layer: int = -1
+  alt: str = ""
 
 
 def _path(text: str) -> tuple:
@@ -129,7 +161,12 @@ def _path(text: str) -> tuple:
 
 def plan(cfg, fam: WeightTable) -> list[Entry]:
   """Every HF tensor of a model with config `cfg`, in Hugging Face order."""
-  entries = [Entry(r.hf, _path(r.path), (), r.layout) for r in fam.top[:1] if FEATURES[r.when](cfg, None)]
+  entries = [Entry(r.hf, _path(r.path), (), r.layout, alt=r.alt) for r in fam.vision if FEATURES[r.when](cfg, None)]
+  for stack in fam.stacks:
+    for i in range(stack.count(cfg)):
+      entries += [Entry(r.hf.format(layer=i), _path(stack.path) + _path(r.path), (i,) + r.select, r.layout, alt=r.alt)
+                  for r in stack.rules if FEATURES[r.when](cfg, None)]
+  entries += [Entry(r.hf, _path(r.path), (), r.layout) for r in fam.top[:1] if FEATURES[r.when](cfg, None)]
   stages = cfg.stages()
   for i in range(cfg.num_layers):
     s, rep, slot = cfg.layer_location(i)
@@ -141,7 +178,8 @@ def plan(cfg, fam: WeightTable) -> list[Entry]:
       experts = range(cfg.num_experts) if EXPERT in r.select or "{expert}" in r.hf else [None]
       for x in experts:
         select = tuple(x if v == EXPERT else v for v in r.select)
-        entries.append(Entry(r.hf.format(layer=i, expert=x), prefix + _path(r.path), (rep,) + select, r.layout, i))
+        entries.append(Entry(r.hf.format(layer=i, expert=x), prefix + _path(r.path), (rep,) + select, r.layout, i,
+                             alt=r.alt))
   entries += [Entry(r.hf, _path(r.path), (), r.layout) for r in fam.top[1:] if FEATURES[r.when](cfg, None)]
   return entries
 
@@ -170,10 +208,14 @@ def hf_shape(layout: str, sshape: tuple) -> tuple:
     return tuple(sshape)
   if layout == "flat":
     return (math.prod(sshape),)
-  if layout == "pairs":
+  if layout in ("pairs", "halves"):
     if len(sshape) < 2 or sshape[-2] != 2:
-      raise ConversionError(f"internal: layout 'pairs' needs a [..., 2, I] slice, got {list(sshape)}")
+      raise ConversionError(f"internal: layout {layout!r} needs a [..., 2, I] slice, got {list(sshape)}")
     return tuple(sshape[:-2]) + (2 * sshape[-1],)
+  if layout == "conv":
+    return (sshape[-1],) + tuple(sshape[:-1])
+  if layout == "xt1":
+    return (sshape[0], math.prod(sshape[2:]), sshape[1])
   k = {"t1": 1, "t2": 2}[layout]
   return (math.prod(sshape[k:]), math.prod(sshape[:k]))
 
@@ -181,8 +223,12 @@ def hf_shape(layout: str, sshape: tuple) -> tuple:
 def to_param(layout: str, w, sshape: tuple, xp=np):
   """HF tensor -> the parameter slice (shape `sshape`); `xp` = numpy or jax.numpy."""
   contiguous = np.ascontiguousarray if xp is np else (lambda a: a)
-  if layout in ("same", "flat"):
+  if layout in ("same", "flat", "halves"):
     return w.reshape(sshape)
+  if layout == "conv":
+    return contiguous(xp.moveaxis(w, 0, -1))
+  if layout == "xt1":
+    return contiguous(xp.swapaxes(w, 1, 2)).reshape(sshape)
   if layout == "pairs":
     return contiguous(xp.swapaxes(w.reshape(tuple(sshape[:-2]) + (sshape[-1], 2)), -1, -2))
   return contiguous(w.T).reshape(sshape)
@@ -194,6 +240,12 @@ def to_hf(layout: str, v: np.ndarray) -> np.ndarray:
     return v
   if layout == "flat":
     return v.reshape(-1)
+  if layout == "halves":
+    return v.reshape(tuple(v.shape[:-2]) + (-1,))
+  if layout == "conv":
+    return np.ascontiguousarray(np.moveaxis(v, -1, 0))
+  if layout == "xt1":
+    return np.ascontiguousarray(np.swapaxes(v.reshape(v.shape[0], v.shape[1], -1), 1, 2))
   if layout == "pairs":
     return np.ascontiguousarray(np.swapaxes(v, -1, -2)).reshape(tuple(v.shape[:-2]) + (-1,))
   k = {"t1": 1, "t2": 2}[layout]
@@ -206,7 +258,7 @@ def chunk_axis(layout: str, sshape: tuple) -> tuple[int, int] | None:
   tensor: HF rows are the flattened output dims, whose leading one is the chunked dimension."""
   if layout == "same" and len(sshape) >= 1:
     return 0, 1
-  if layout == "pairs" and len(sshape) > 2:
+  if layout in ("pairs", "halves", "xt1") and len(sshape) > 2:
     return 0, 1
   if layout in ("t1", "t2"):
     k = {"t1": 1, "t2": 2}[layout]
@@ -219,6 +271,19 @@ def param_dim(index: tuple, ndim: int, slice_dim: int) -> int:
   """The parameter dimension behind dimension `slice_dim` of `param[index]`."""
   free = [d for d, i in enumerate(full_index(index, ndim)) if not isinstance(i, int)]
   return free[slice_dim]
+
+
+def adapt_layouts(entries: list[Entry], hf_shapes: dict, shapes: dict[tuple, tuple]) -> list[Entry]:
+  """Entries whose tensor (shape in `hf_shapes`) is stored in the rule's alternative layout
+  take that layout."""
+  out = []
+  for e in entries:
+    if e.alt and e.key in hf_shapes:
+      sshape = slice_shape(shapes[e.path], e.index)
+      if tuple(hf_shapes[e.key]) != hf_shape(e.layout, sshape) and tuple(hf_shapes[e.key]) == hf_shape(e.alt, sshape):
+        e = dataclasses.replace(e, layout=e.alt)
+    out.append(e)
+  return out
 
 
 def check_coverage(entries: list[Entry], shapes: dict[tuple, tuple]) -> None:

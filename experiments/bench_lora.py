@@ -21,11 +21,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_train import PRESETS, _fmt, run_jaxtrain, run_torch  # noqa: E402
+from bench_train import PRESETS, _fmt, preset_spec, run_jaxtrain, run_torch, run_worker  # noqa: E402
 
 RUNS = ("jaxtrain-full", "jaxtrain-lora", "jaxtrain-qlora", "torch-full", "peft-lora")
 
@@ -55,19 +54,6 @@ def run(name: str, spec: dict, rank: int) -> dict:
                                                       target_modules=modules, target_parameters=parameters))
 
   return run_torch(spec, False, wrap=wrap, name=name)
-
-
-def _worker(name: str, spec: dict, rank: int, timeout: float) -> dict:
-  cmd = [sys.executable, os.path.abspath(__file__), "--worker", name, "--spec", json.dumps(spec), "--rank", str(rank)]
-  try:
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-  except subprocess.TimeoutExpired:
-    return {"framework": name, "error": f"timed out after {timeout:.0f}s"}
-  lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-  if proc.returncode != 0 or not lines:
-    tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-    return {"framework": name, "error": " | ".join(tail)[-300:]}
-  return json.loads(lines[-1])
 
 
 def table(results: list[dict]) -> str:
@@ -107,13 +93,7 @@ def main(argv=None) -> int:
     print(json.dumps(run(args.worker, json.loads(args.spec), args.rank)))
     return 0
 
-  if args.preset is None:
-    import jax
-    args.preset = "cpu-moe" if jax.default_backend() == "cpu" else "gpu-moe"
-  spec = dict(PRESETS[args.preset])
-  for key in ("steps", "warmup", "batch", "seq"):
-    if getattr(args, key) is not None:
-      spec[key] = getattr(args, key)
+  spec = preset_spec(args)
   runs = [r for r in args.runs.split(",") if r]
   unknown = set(runs) - set(RUNS)
   if unknown:
@@ -122,7 +102,7 @@ def main(argv=None) -> int:
         f"{spec['steps']} timed steps after {spec['warmup']} warm-up", flush=True)
   results = []
   for name in runs:
-    r = _worker(name, spec, args.rank, args.timeout)
+    r = run_worker(__file__, name, spec, args.timeout, ("--rank", str(args.rank)))
     results.append(r)
     print(f"  {name}: " + (r.get("error") or f"{r['tokens_per_sec']:,.0f} tokens/s, {r['step_ms']:.1f} ms/step, "
                                              f"{r['trainable']:,} trainable"), flush=True)

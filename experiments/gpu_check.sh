@@ -95,6 +95,11 @@ step expert_exchange 60 env JAX_PLATFORMS=cuda JAXTRAIN_PALLAS_INTERPRET=0 pytho
 step sampler_bench 120 python3 experiments/bench_sampler.py --preset gpu-moe --batch 32 --new-tokens 256 \
   --out "$LOGDIR"
 
+# --- issue 13: vision-language training throughput (Qwen3-VL-MoE-style, 16 images of 448 px per row) -
+# Writes bench_train_gpu-vlm.{md,json}, with the vision tower's forward + backward time.
+step vlm_bench 180 python3 experiments/bench_train.py --preset gpu-vlm --frameworks jaxtrain,torch-eager \
+  --steps 5 --warmup 2 --timeout 85 --out "$LOGDIR"
+
 # --- later sections go here ---------------------------------------------------------------------
 
 # --- summary ----------------------------------------------------------------------------------

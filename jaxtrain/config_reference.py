@@ -213,7 +213,37 @@ def _lookup(builder: Callable | None, sites: dict, rel: str) -> str:
       if not any(m == name and node.lineno <= site[0] <= node.end_lineno for m, node in others):
         candidates.append((name, site))
   meanings = {_meaning(*c) for c in candidates} - {""}
+  if len(meanings) > 1:  # a name two dataclasses share (model.qk_norm, model.vision.qk_norm)
+    meanings = {_meaning(*c) for c in candidates if _owner_matches(c, rel)} - {""}
   return meanings.pop() if len(meanings) == 1 else ""
+
+
+def _owner_matches(candidate: tuple[str, Site], rel: str) -> bool:
+  """Whether the class defining a field is the one `rel` reaches: for `vision.KEY` a class named
+  like the sub-section (VisionConfig); for a top-level key, a class no other class nests."""
+  owner, nested = _classes(candidate[0])
+  cls = owner.get(candidate[1])
+  if cls is None:
+    return False
+  if "." in rel:
+    return rel.rsplit(".", 2)[-2].replace("_", "") in cls.lower()
+  return cls not in nested
+
+
+@functools.lru_cache(maxsize=None)
+def _classes(module_name: str) -> tuple[dict[Site, str], set[str]]:
+  """(field site -> defining class, names of classes used as another class's field type)."""
+  tree = _module_info(module_name)[0]
+  owner, annotations, classes = {}, set(), set()
+  for node in ast.walk(tree):
+    if isinstance(node, ast.ClassDef):
+      classes.add(node.name)
+      for stmt in node.body:
+        if isinstance(stmt, ast.AnnAssign) and stmt.value is not None:
+          owner[(stmt.lineno, stmt.end_lineno)] = node.name
+          if isinstance(stmt.annotation, ast.Name):
+            annotations.add(stmt.annotation.id)
+  return owner, annotations & classes
 
 
 def _section_builders() -> list[Callable]:

@@ -22,6 +22,9 @@ REGISTERED = (
     "qwen2_moe",
     "deepseek_v3",
     "gpt_oss",
+    "qwen3_vl",  # vision-language
+    "qwen3_vl_moe",
+    "internvl",
 )
 FAMILIES: dict[str, Family] = {
     f.name: f for f in (importlib.import_module(f"{__name__}.{module}").FAMILY for module in REGISTERED)}

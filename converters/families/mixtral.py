@@ -21,7 +21,7 @@ def read(r: f.HfReader, section: dict) -> None:
     section["sliding_window"] = int(r.get("sliding_window"))
   num = r.first("num_local_experts", "num_experts")
   if num is None:
-    r.problems.append("num_local_experts: required field is missing")
+    r.problems.append(r.prefix + "num_local_experts: required field is missing")
     num = 0
   section.update(num_experts=int(num), num_experts_per_tok=int(r.required("num_experts_per_tok")),
                  moe_intermediate_size=section["intermediate_size"], norm_topk_prob=True)

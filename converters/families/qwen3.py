@@ -17,7 +17,7 @@ def read_windows(r: f.HfReader, section: dict, layers: int, *, types_required: b
     return
   if types is None:
     if types_required:
-      r.problems.append("layer_types: needed when use_sliding_window is true (transformers versions disagree "
+      r.problems.append(r.prefix + "layer_types: needed when use_sliding_window is true (transformers versions disagree "
                         f"on which {r.family} layers slide)")
       types = ["full_attention"] * layers
     else:

@@ -12,7 +12,7 @@ def read_experts(r: f.HfReader, section: dict) -> None:
   """Qwen-style routed experts (also Qwen2-MoE)."""
   num = r.first("num_experts", "num_local_experts")
   if num is None:
-    r.problems.append("num_experts: required field is missing")
+    r.problems.append(r.prefix + "num_experts: required field is missing")
     num = 0
   section.update(
       num_experts=int(num),

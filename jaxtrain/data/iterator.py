@@ -89,6 +89,9 @@ class DataIterator:
     self._index_stats = index_stats
     self.info = info
     self._stats = stats_lib.PipelineStats()
+    # Host-side rewrite of each batch into what the train step takes (set by the training
+    # objective: a vision-language model's per-row inputs); None = the batch as assembled.
+    self.convert = None
 
   def __iter__(self):
     return self
@@ -102,7 +105,7 @@ class DataIterator:
     for k in VISION_KEYS:  # vision runs (data/vision/batch.py)
       if k in batch:
         out[k] = np.asarray(batch[k], dtype=np.float32 if k == "pixel_values" else np.int32)
-    return out
+    return out if self.convert is None else self.convert(out)
 
   def get_state(self) -> dict:
     return {"version": STATE_VERSION, "fingerprint": copy.deepcopy(self._fingerprint),

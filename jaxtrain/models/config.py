@@ -20,6 +20,9 @@ LAYER_TYPES = ("full_attention", "sliding_attention")
 ACTIVATIONS = ("silu", "gelu", "gelu_tanh", "relu")
 ATTENTIONS = ("gqa", "mla")
 EXPERT_ACTIVATIONS = ("glu", "clamped_swiglu")
+VISION_TOWERS = ("none", "rope_vit", "cls_vit")
+VISION_NORMS = ("layer_norm", "rms_norm")
+MODEL_PARTS = ("vision", "projector", "language_model")  # what `model.freeze` names
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,10 +43,68 @@ class RopeScaling:
 
 
 @dataclasses.dataclass(frozen=True)
+class VisionConfig:
+  """The vision tower and projector of a vision-language model (the `model.vision` section).
+
+  tower "rope_vit" (Qwen3-VL): 3D patch embedding over (temporal, height, width) patches, a
+  learned position grid resampled bilinearly to each image, 2D rotary positions, attention
+  within each image (frame), a 2x2 patch merger as projector, and DeepStack: the merged
+  features of `deepstack_layers` are added to the language model's hidden states after its
+  first len(deepstack_layers) layers. tower "cls_vit" (InternViT): 2D patch embedding with a
+  class token and learned positions, layer-scaled pre-norm blocks, pixel shuffle by
+  `spatial_merge_size`, and an MLP projector."""
+  tower: str = "none"  # "none" = a text-only model
+  hidden_size: int = 64
+  num_layers: int = 2
+  num_heads: int = 4
+  intermediate_size: int = 128
+  activation: str = "gelu_tanh"
+  norm: str = "layer_norm"  # cls_vit blocks: "layer_norm" | "rms_norm" (rope_vit: layer_norm)
+  norm_eps: float = 1e-6  # epsilon of the tower's norms
+  in_channels: int = 3  # colour channels of the pixels
+  patch_size: int = 16  # side of a square patch in pixels
+  temporal_patch_size: int = 2  # rope_vit: frames per patch (an image is its frame repeated)
+  image_size: int = 448  # cls_vit: side of a (square) image tile in pixels
+  spatial_merge_size: int = 2  # rope_vit: merger window side; cls_vit: pixel-shuffle factor
+  num_position_embeddings: int = 2304  # rope_vit: learned position grid (a square number)
+  rope_theta: float = 10000.0  # rope_vit: 2D rotary base
+  deepstack_layers: tuple[int, ...] = ()  # rope_vit: tower layers feeding DeepStack
+  qkv_bias: bool = True  # bias on the tower's q/k/v projections
+  qk_norm: bool = False  # cls_vit: RMSNorm on queries and keys over the whole width
+  final_norm: bool = False  # cls_vit: LayerNorm after the last block (HF use_mean_pooling=False)
+  projector_activation: str = "gelu"  # cls_vit projector
+  projector_norm_eps: float = 1e-5  # cls_vit projector LayerNorm
+  image_token_id: int = -1  # placeholder token the image features replace
+  video_token_id: int = -1  # rope_vit: placeholder token of video frames
+  row_capacity: int = 0  # training batches: patches (rope_vit) or tiles (cls_vit) per row; 0 = from seq_len
+  remat: str = "none"  # the tower's own rematerialisation policy (REMAT_POLICIES)
+
+  @property
+  def enabled(self) -> bool:
+    return self.tower != "none"
+
+  @property
+  def head_dim(self) -> int:
+    return self.hidden_size // self.num_heads
+
+  @property
+  def patch_dim(self) -> int:
+    """Values per rope_vit patch: channels x frames x pixels."""
+    return self.in_channels * self.temporal_patch_size * self.patch_size ** 2
+
+  @property
+  def tokens_per_tile(self) -> int:
+    """cls_vit: language-model tokens one image tile becomes."""
+    side = self.image_size // self.patch_size // self.spatial_merge_size
+    return side * side
+
+
+@dataclasses.dataclass(frozen=True)
 class LayerKind:
   """What makes two decoder layers structurally different (they cannot share a scan)."""
   moe: bool
   sliding_window: int  # 0 = full attention
+  inject: bool = False  # DeepStack: vision features are added to this layer's output
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,6 +123,9 @@ class ModelConfig:
   rms_norm_eps: float = 1e-6  # epsilon of every RMSNorm
   rope_theta: float = 1_000_000.0  # rotary embedding base
   rope_scaling: RopeScaling = RopeScaling()
+  # Multimodal rotary positions (Qwen3-VL): per-frequency counts of the (temporal, height,
+  # width) position rows, interleaved t,h,w,t,h,w,...; () = one position row (plain RoPE).
+  mrope_section: tuple[int, ...] = ()
   max_position_embeddings: int = 4096  # longest sequence the rotary embedding is set up for
   qk_norm: bool = True  # RMSNorm on each head's queries and keys (Qwen3)
   attention_bias: bool = False  # bias on q/k/v projections
@@ -120,6 +184,8 @@ class ModelConfig:
   # projections and the experts; norms, attention core, router, embeddings and head stay in `dtype`.
   fp8: bool = False
   remat: str = "none"  # rematerialisation of each layer: one of REMAT_POLICIES, or "auto" (the planner picks)
+  freeze: tuple[str, ...] = ()  # parts that do not train: "vision", "projector", "language_model"
+  vision: VisionConfig = VisionConfig()
   # Kernel choices travel with the model so modules need no global state (from `kernels.*`).
   attention_impl: str = "auto"
   gmm_impl: str = "auto"
@@ -131,7 +197,11 @@ class ModelConfig:
     values.pop("init_from", None)
     rope = values.pop("rope_scaling", None) or {}
     rope = dict(rope.to_dict() if isinstance(rope, ConfigDict) else rope)
-    for key in ("layer_types", "mlp_only_layers"):
+    vision = values.pop("vision", None) or {}
+    vision = dict(vision.to_dict() if isinstance(vision, ConfigDict) else vision)
+    if "deepstack_layers" in vision:
+      vision["deepstack_layers"] = tuple(vision["deepstack_layers"])
+    for key in ("layer_types", "mlp_only_layers", "mrope_section", "freeze"):
       values[key] = tuple(values.get(key, ()))
     if kernels is not None:
       values["attention_impl"] = kernels["attention"]
@@ -141,7 +211,7 @@ class ModelConfig:
     unknown = set(values) - known
     if unknown:
       raise ValueError(f"unknown model fields {sorted(unknown)}")
-    return cls(rope_scaling=RopeScaling(**rope), **values)
+    return cls(rope_scaling=RopeScaling(**rope), vision=VisionConfig(**vision), **values)
 
   def replace(self, **changes) -> "ModelConfig":
     return dataclasses.replace(self, **changes)
@@ -175,30 +245,26 @@ class ModelConfig:
       return self.sliding_window if self.layer_types[index] == "sliding_attention" else 0
     return self.sliding_window
 
+  @property
+  def deepstack_count(self) -> int:
+    """Leading decoder layers that receive DeepStack vision features."""
+    return len(self.vision.deepstack_layers) if self.vision.tower == "rope_vit" else 0
+
   def layer_kinds(self) -> tuple[LayerKind, ...]:
-    return tuple(LayerKind(self.is_moe_layer(i), self.layer_window(i)) for i in range(self.num_layers))
+    return tuple(LayerKind(self.is_moe_layer(i), self.layer_window(i), i < self.deepstack_count)
+                 for i in range(self.num_layers))
 
   def stages(self) -> tuple[tuple[tuple[LayerKind, ...], int], ...]:
     """Splits the layers into scanned stages: (unit of layer kinds, repeats).
 
     A periodic pattern (all alike, dense/MoE alternating, sliding/full alternating) is one
     stage whose unit is the period; otherwise consecutive runs of one kind become stages.
-    Compile time then depends on the number of distinct stages, not on depth.
+    Compile time then depends on the number of distinct stages, not on depth. DeepStack
+    layers (a leading run) are split off first, so the rest keeps its period.
     """
     kinds = self.layer_kinds()
-    n = len(kinds)
-    for period in range(1, n + 1):
-      if n % period == 0 and all(kinds[i] == kinds[i % period] for i in range(n)):
-        if period < n or n == 1:
-          return ((kinds[:period], n // period),)
-        break
-    stages: list[tuple[tuple[LayerKind, ...], int]] = []
-    for kind in kinds:
-      if stages and stages[-1][0] == (kind,):
-        stages[-1] = ((kind,), stages[-1][1] + 1)
-      else:
-        stages.append(((kind,), 1))
-    return tuple(stages)
+    k = self.deepstack_count
+    return _stages(kinds[:k]) + _stages(kinds[k:])
 
   def layer_location(self, index: int) -> tuple[int, int, int]:
     """Layer index -> (stage, repeat, slot within the unit)."""
@@ -210,6 +276,25 @@ class ModelConfig:
         return s, offset // len(unit), offset % len(unit)
       start += size
     raise IndexError(f"layer {index} out of range for {self.num_layers} layers")
+
+
+def _stages(kinds: tuple[LayerKind, ...]) -> tuple[tuple[tuple[LayerKind, ...], int], ...]:
+  """Scanned stages of a run of layers (see `ModelConfig.stages`)."""
+  n = len(kinds)
+  if not n:
+    return ()
+  for period in range(1, n + 1):
+    if n % period == 0 and all(kinds[i] == kinds[i % period] for i in range(n)):
+      if period < n or n == 1:
+        return ((kinds[:period], n // period),)
+      break
+  stages: list[tuple[tuple[LayerKind, ...], int]] = []
+  for kind in kinds:
+    if stages and stages[-1][0] == (kind,):
+      stages[-1] = ((kind,), stages[-1][1] + 1)
+    else:
+      stages.append(((kind,), 1))
+  return tuple(stages)
 
 
 _FROM_KERNELS_SECTION = ("attention_impl", "gmm_impl", "fp8_impl")
@@ -226,10 +311,16 @@ def defaults() -> ConfigDict:
   values = {f.name: getattr(base, f.name) for f in dataclasses.fields(ModelConfig)
             if f.name not in _FROM_KERNELS_SECTION}
   values["rope_scaling"] = rope_defaults()
+  values["vision"] = vision_defaults()
   return ConfigDict({
       "init_from": "",  # HF directory or jaxtrain checkpoint / workdir to start from ("" = random init)
       **values,
   })
+
+
+def vision_defaults() -> ConfigDict:
+  """The `model.vision` sub-section (VisionConfig; tower "none" = a text-only model)."""
+  return ConfigDict(dataclasses.asdict(VisionConfig()))
 
 
 def kernels_defaults() -> ConfigDict:
@@ -305,3 +396,55 @@ def validate(config: ConfigDict) -> None:
             f"{config.kernels[key]!r} is not one of {kernels.implementations(key)}")
     require(config.kernels[key] != "tokamax" or tokamax_ops.installed(), f"kernels.{key}",
             f"'tokamax' needs the tokamax package, which is not installed; {tokamax_ops.INSTALL_HINT}")
+  bad = [p for p in m.freeze if p not in MODEL_PARTS]
+  require(not bad, "model.freeze", f"unknown parts {bad}; choose from {MODEL_PARTS}")
+  if m.mrope_section:
+    require(all(n >= 0 for n in m.mrope_section) and len(m.mrope_section) == 3, "model.mrope_section",
+            f"needs three non-negative counts (temporal, height, width), got {tuple(m.mrope_section)}")
+  validate_vision(m)
+
+
+def validate_vision(m) -> None:
+  v = m.vision
+  require(v.tower in VISION_TOWERS, "model.vision.tower", f"{v.tower!r} is not one of {VISION_TOWERS}")
+  if v.tower == "none":
+    bad = [p for p in m.freeze if p != "language_model"]
+    require(not bad, "model.freeze", f"{bad} need a vision tower (model.vision.tower is 'none')")
+    return
+  for key in ("hidden_size", "num_layers", "num_heads", "intermediate_size", "patch_size", "in_channels",
+              "spatial_merge_size"):
+    require(v[key] >= 1, f"model.vision.{key}", f"must be >= 1, got {v[key]}")
+  require(v.hidden_size % v.num_heads == 0, "model.vision.num_heads",
+          f"hidden_size={v.hidden_size} is not a multiple of num_heads={v.num_heads}")
+  require(v.activation in ACTIVATIONS, "model.vision.activation", f"{v.activation!r} is not one of {ACTIVATIONS}")
+  require(v.projector_activation in ACTIVATIONS, "model.vision.projector_activation",
+          f"{v.projector_activation!r} is not one of {ACTIVATIONS}")
+  require(v.norm in VISION_NORMS, "model.vision.norm", f"{v.norm!r} is not one of {VISION_NORMS}")
+  require(v.remat in REMAT_POLICIES, "model.vision.remat", f"{v.remat!r} is not one of {REMAT_POLICIES}")
+  require(0 <= v.image_token_id < m.vocab_size, "model.vision.image_token_id",
+          f"must be a token id below vocab_size={m.vocab_size}, got {v.image_token_id}")
+  require(v.row_capacity >= 0, "model.vision.row_capacity", f"must be >= 0, got {v.row_capacity}")
+  if v.tower == "rope_vit":
+    require(0 <= v.video_token_id < m.vocab_size, "model.vision.video_token_id",
+            f"must be a token id below vocab_size={m.vocab_size}, got {v.video_token_id}")
+    require(v.temporal_patch_size >= 1, "model.vision.temporal_patch_size", "must be >= 1")
+    side = int(round(v.num_position_embeddings ** 0.5))
+    require(side * side == v.num_position_embeddings, "model.vision.num_position_embeddings",
+            f"must be a square number, got {v.num_position_embeddings}")
+    head_dim = v.hidden_size // v.num_heads
+    require(head_dim % 4 == 0, "model.vision.num_heads",
+            f"2D rotary positions need head_dim (hidden_size / num_heads = {head_dim}) divisible by 4")
+    window = v.spatial_merge_size ** 2
+    require(v.row_capacity % window == 0, "model.vision.row_capacity",
+            f"{v.row_capacity} patches is not a multiple of the {window} patches one merged token takes")
+    bad = [i for i in v.deepstack_layers if not 0 <= i < v.num_layers]
+    require(not bad, "model.vision.deepstack_layers", f"{bad} are not tower layers (num_layers={v.num_layers})")
+    require(len(v.deepstack_layers) <= m.num_layers, "model.vision.deepstack_layers",
+            f"{len(v.deepstack_layers)} DeepStack levels for {m.num_layers} language-model layers")
+    require(bool(m.mrope_section), "model.mrope_section", "tower 'rope_vit' needs multimodal rotary positions")
+  else:
+    grid = v.image_size // v.patch_size
+    require(v.image_size % v.patch_size == 0 and grid % v.spatial_merge_size == 0, "model.vision.image_size",
+            f"{v.image_size} must be a multiple of patch_size={v.patch_size} x spatial_merge_size="
+            f"{v.spatial_merge_size}")
+    require(not v.deepstack_layers, "model.vision.deepstack_layers", "only tower 'rope_vit' has DeepStack")

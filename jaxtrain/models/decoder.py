@@ -12,31 +12,13 @@ from jax.ad_checkpoint import checkpoint_name
 
 from jaxtrain.models.attention import Attention
 from jaxtrain.models.config import LayerKind, ModelConfig
-from jaxtrain.models.layers import RMSNorm, cast, dtype_of, param
+from jaxtrain.models.layers import REMAT, RMSNorm, cast, dtype_of, param
 from jaxtrain.models.mla import MLAttention
 from jaxtrain.models.mla import cache_shapes as mla_cache_shapes
 from jaxtrain.models.mlp import MLP
 from jaxtrain.models.moe import MoE
 from jaxtrain.models.rope import rope_tables
 from jaxtrain.parallel.rules import constrain
-
-_policies = jax.checkpoint_policies
-_REMAT = {
-    "full": _policies.nothing_saveable,
-    "save_dots": _policies.dots_with_no_batch_dims_saveable,
-    "save_attention_out": _policies.save_only_these_names("attention_out"),
-    # Host offload (platforms whose host memory is separate, GPU/TPU): what save_dots keeps, or
-    # only each layer's input (full remat otherwise), moved to pinned host memory.
-    "offload_dots": _policies.offload_dot_with_no_batch_dims("device", "pinned_host"),
-    "offload_input": _policies.save_and_offload_only_these_names(
-        names_which_can_be_saved=[], names_which_can_be_offloaded=["layer_input"], offload_src="device",
-        offload_dst="pinned_host"),
-}
-
-
-def remat_policy(name: str):
-  """The `jax.checkpoint` policy of a `model.remat` name (None for "none")."""
-  return _REMAT.get(name)
 
 
 @struct.dataclass
@@ -95,17 +77,20 @@ class Stage(nnx.Module):
     self.remat = cfg.remat
     self.blocks = nnx.List([_stacked_block(cfg, kind, repeats, rngs) for kind in unit])
 
-  def __call__(self, x, cos, sin, segment_ids, positions, caches, cache_meta):
+  def __call__(self, x, cos, sin, segment_ids, positions, caches, cache_meta, inject=None):
+    """`inject` `[repeats, len(unit), B, T, E]` (DeepStack): added to each layer's output."""
     graphdef, state = nnx.split(self.blocks)
 
     def body(x, xs):
-      layer_state, layer_caches = xs
+      layer_state, layer_caches, layer_inject = xs
       x = checkpoint_name(x, "layer_input")
       blocks = nnx.merge(graphdef, layer_state)
       auxes, new_caches = [], []
       for j, block in enumerate(blocks):
         cache = None if layer_caches is None else {**layer_caches[j], **cache_meta}
         x, aux, cache = block(x, cos, sin, segment_ids, positions, cache)
+        if layer_inject is not None:
+          x = x + layer_inject[j].astype(x.dtype)
         auxes.append(aux)
         new_caches.append(None if cache is None else {"k": cache["k"], "v": cache["v"]})
       return x, (auxes, None if layer_caches is None else new_caches)
@@ -114,8 +99,8 @@ class Stage(nnx.Module):
       # Inside a scan, CSE cannot merge the recomputation with the forward pass, so no barrier is
       # needed; a one-layer stage is unrolled by XLA, and without the barrier its recomputation
       # may be scheduled early, during the loss's backward pass, adding to its peak.
-      body = jax.checkpoint(body, policy=remat_policy(self.remat), prevent_cse=self.repeats == 1)
-    x, (auxes, new_caches) = jax.lax.scan(body, x, (state, caches))
+      body = jax.checkpoint(body, policy=REMAT[self.remat], prevent_cse=self.repeats == 1)
+    x, (auxes, new_caches) = jax.lax.scan(body, x, (state, caches, inject))
     return x, auxes, new_caches
 
 
@@ -137,10 +122,18 @@ class Decoder(nnx.Module):
     w = self.embed[...].T if self.cfg.tie_word_embeddings else self.lm_head[...]
     return cast(w, dtype)
 
-  def hidden_states(self, input_ids, *, segment_ids=None, positions=None, cache=None):
-    """Final-norm hidden states `[B, T, E]`, MoE aux statistics, and the updated cache."""
+  def embed_tokens(self, input_ids):
+    x = jnp.take(cast(self.embed[...], dtype_of(self.cfg.dtype)), input_ids, axis=0)
+    return constrain(x, ("act_batch", "act_seq", "act_embed"))
+
+  def hidden_states(self, input_ids, *, segment_ids=None, positions=None, cache=None, inputs_embeds=None,
+                    rope_positions=None, deepstack=None):
+    """Final-norm hidden states `[B, T, E]`, MoE aux statistics, and the updated cache.
+
+    Vision-language models pass the merged `inputs_embeds`, multimodal `rope_positions`
+    `[B, T, 3]` (positions stay the token order, for masks and the cache) and `deepstack`
+    `[k, B, T, E]`, added to the outputs of the first k layers."""
     cfg = self.cfg
-    dtype = dtype_of(cfg.dtype)
     B, T = input_ids.shape
     if segment_ids is None:
       segment_ids = jnp.ones((B, T), jnp.int32)
@@ -148,14 +141,19 @@ class Decoder(nnx.Module):
       positions = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), (B, T))
     elif positions is None:  # cache slot minus the row's left padding
       positions = jnp.maximum(cache["index"] + jnp.arange(T, dtype=jnp.int32)[None, :] - cache["start"][:, None], 0)
-    x = jnp.take(cast(self.embed[...], dtype), input_ids, axis=0)
-    x = constrain(x, ("act_batch", "act_seq", "act_embed"))
-    cos, sin = rope_tables(positions, cfg, cfg.rope_dim)
+    x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
+    cos, sin = rope_tables(positions if rope_positions is None else rope_positions, cfg, cfg.rope_dim)
     stage_auxes, new_stage_caches = [], []
-    for s, stage in enumerate(self.stages):
+    first = 0
+    for s, (stage, (unit, repeats)) in enumerate(zip(self.stages, cfg.stages())):
       caches = None if cache is None else cache["stages"][s]
+      inject = None
+      if deepstack is not None and unit[0].inject:
+        layers = deepstack[first:first + repeats * len(unit)]
+        inject = layers.reshape((repeats, len(unit)) + layers.shape[1:])
+      first += repeats * len(unit)
       meta = None if cache is None else {"index": cache["index"], "start": cache["start"]}
-      x, auxes, new_caches = stage(x, cos, sin, segment_ids, positions, caches, meta)
+      x, auxes, new_caches = stage(x, cos, sin, segment_ids, positions, caches, meta, inject)
       stage_auxes.append(auxes)
       new_stage_caches.append(new_caches)
     h = self.final_norm(x)

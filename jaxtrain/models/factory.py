@@ -6,9 +6,18 @@ from flax import nnx
 
 from jaxtrain.models.config import ModelConfig
 from jaxtrain.models.decoder import Decoder
+from jaxtrain.models.vision.cls_vit import ClsViT, ShuffleProjector
+from jaxtrain.models.vision.rope_vit import MergerProjector, RopeViT
+from jaxtrain.models.vlm import VisionLanguageModel
+
+# model.vision.tower -> (vision tower, projector)
+TOWERS = {"rope_vit": (RopeViT, MergerProjector), "cls_vit": (ClsViT, ShuffleProjector)}
 
 
 def create(cfg: ModelConfig, seed: int = 0) -> nnx.Module:
+  if cfg.vision.enabled:
+    tower, projector = TOWERS[cfg.vision.tower]
+    return VisionLanguageModel(cfg, tower, projector, rngs=nnx.Rngs(seed))
   return Decoder(cfg, rngs=nnx.Rngs(seed))
 
 

@@ -11,6 +11,24 @@ from flax import nnx
 from jaxtrain import kernels
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+# Rematerialisation policies by config name (model.remat, model.vision.remat); "none" = keep all.
+_policies = jax.checkpoint_policies
+REMAT = {
+    "full": _policies.nothing_saveable,
+    "save_dots": _policies.dots_with_no_batch_dims_saveable,
+    "save_attention_out": _policies.save_only_these_names("attention_out"),
+    # Host offload (platforms whose host memory is separate, GPU/TPU): what save_dots keeps, or
+    # only each layer's input (full remat otherwise), moved to pinned host memory.
+    "offload_dots": _policies.offload_dot_with_no_batch_dims("device", "pinned_host"),
+    "offload_input": _policies.save_and_offload_only_these_names(
+        names_which_can_be_saved=[], names_which_can_be_offloaded=["layer_input"], offload_src="device",
+        offload_dst="pinned_host"),
+}
+
+
+def remat_policy(name: str):
+  """The `jax.checkpoint` policy of a remat name (None for "none")."""
+  return REMAT.get(name)
 
 
 def dtype_of(name: str):
@@ -74,6 +92,23 @@ class RMSNorm(nnx.Module):
     xf = x.astype(jnp.float32)
     xf = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + self.eps)
     return self.scale[...].astype(dtype) * xf.astype(dtype)
+
+
+class LayerNorm(nnx.Module):
+  """y = (x - mean) / sqrt(var + eps) * w + b, normalised in fp32 then cast back."""
+
+  def __init__(self, dim: int, *, eps: float, axis_name: str, param_dtype=jnp.float32):
+    self.scale = param(None, (dim,), (axis_name,), init="ones", dtype=param_dtype)
+    self.bias = param(None, (dim,), (axis_name,), init="zeros", dtype=param_dtype)
+    self.eps = eps
+
+  def __call__(self, x):
+    dtype = x.dtype
+    xf = x.astype(jnp.float32)
+    mean = jnp.mean(xf, axis=-1, keepdims=True)
+    var = jnp.mean(jnp.square(xf - mean), axis=-1, keepdims=True)
+    xf = (xf - mean) * jax.lax.rsqrt(var + self.eps)
+    return (xf * self.scale[...].astype(jnp.float32) + self.bias[...].astype(jnp.float32)).astype(dtype)
 
 
 def glu(kind: str, act: str = "silu", *, alpha: float = 1.702, limit: float = 7.0):

@@ -1,5 +1,6 @@
 """Rotary position embeddings: plain, linear, llama3 and yarn frequency schedules, computed
-as Hugging Face `modeling_rope_utils` defines them."""
+as Hugging Face `modeling_rope_utils` defines them, and multimodal positions (MRoPE: three
+position rows, temporal / height / width, interleaved over the frequencies)."""
 
 from __future__ import annotations
 
@@ -63,11 +64,29 @@ def inv_frequencies(dim: int, theta: float, scaling: RopeScaling, max_position_e
   raise ValueError(f"unknown rope scaling type {kind!r}")
 
 
+def mrope_rows(section: tuple[int, ...], half: int) -> np.ndarray:
+  """Which position row (0 temporal, 1 height, 2 width) drives each of the `half` frequencies:
+  interleaved t, h, w, t, h, w, ... while the height / width counts last, temporal after."""
+  rows = np.zeros(half, np.int32)
+  for row in (1, 2):
+    idx = np.arange(row, min(3 * section[row], half), 3)
+    rows[idx] = row
+  return rows
+
+
 def rope_tables(positions, cfg: ModelConfig, dim: int | None = None):
-  """cos, sin `[B, T, dim]` for integer positions `[B, T]` (fp32)."""
+  """cos, sin `[B, T, dim]` for integer positions `[B, T]`, or `[B, T, 3]` (temporal, height,
+  width) for a model with `mrope_section` (fp32)."""
   dim = cfg.resolved_head_dim if dim is None else dim
   inv_freq, factor = inv_frequencies(dim, cfg.rope_theta, cfg.rope_scaling, cfg.max_position_embeddings)
-  freqs = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq)
+  if positions.ndim == 3:
+    if not cfg.mrope_section:
+      raise ValueError(f"positions {positions.shape} have position rows but model.mrope_section is not set")
+    rows = jnp.asarray(mrope_rows(cfg.mrope_section, dim // 2))
+    pos = jnp.take(positions, rows, axis=-1)  # [B, T, dim // 2]: each frequency's own row
+    freqs = pos.astype(jnp.float32) * jnp.asarray(inv_freq)
+  else:
+    freqs = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq)
   emb = jnp.concatenate([freqs, freqs], axis=-1)
   return jnp.cos(emb) * factor, jnp.sin(emb) * factor
 

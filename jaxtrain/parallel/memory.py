@@ -84,7 +84,32 @@ def activation_bytes(model_cfg, *, global_batch: int, seq_len: int, micro_batche
     kept = m.num_layers * 2 * E + working
   layers = int(tokens * kept * s)
   loss = int(tokens * (2 * vocab_chunk * 4 + 2 * E * s))
-  return {"layers": layers, "loss": loss, "total": layers + loss, "local_tokens": tokens}
+  vision = vision_bytes(m, rows=rows, seq_len=seq_len, itemsize=s, tp=tp)
+  return {"layers": layers, "loss": loss, "vision": vision, "total": layers + loss + vision, "local_tokens": tokens}
+
+
+def vision_bytes(m, *, rows: int, seq_len: int, itemsize: int, tp: int = 1) -> int:
+  """Estimated activation bytes of a vision tower for `rows` local rows at their capacity
+  (`model.vision.row_capacity`: every patch slot is computed, padding included), under the
+  tower's own remat policy; 0 for text models."""
+  v = m.vision
+  if not v.enabled:
+    return 0
+  if v.tower == "rope_vit":
+    patches = rows * (v.row_capacity or seq_len * v.spatial_merge_size ** 2)
+  else:
+    tiles = v.row_capacity or max(seq_len // v.tokens_per_tile, 1)
+    patches = rows * tiles * ((v.image_size // v.patch_size) ** 2 + 1)
+  Ev, Iv = v.hidden_size, v.intermediate_size
+  per_layer = 10 * Ev + 2 * Iv + 2 * v.num_heads * 4 / itemsize  # norms, q/k/v, attention out, MLP, row stats
+  if v.remat == "none":
+    kept = v.num_layers * per_layer
+  elif v.remat == "full":
+    kept = v.num_layers * Ev + per_layer
+  else:
+    kept = v.num_layers * (5 * Ev + Iv) + per_layer
+  merger = 3 * Ev * (1 + len(v.deepstack_layers))  # merged windows: 4 patches -> one feature of 4x the width
+  return int(patches * (kept + merger) * itemsize)
 
 
 def report(state, model_cfg, config, mesh) -> dict[str, int]:

@@ -26,6 +26,11 @@ DEFAULT_RULES: dict[str, Any] = {
     "moe_mlp": "tensor",
     "router": None,
     "lora": "fsdp",  # low-rank projection dims (MLA); fsdp when the other dim could not take it
+    # vision towers: small and compute-heavy, so ZeRO-3 over fsdp only (no tensor parallel)
+    "vit_embed": "fsdp",
+    "vit_heads": None,
+    "vit_head_dim": None,
+    "vit_mlp": None,
     "adapter_rank": None,  # the rank dimension of LoRA adapter factors (small: never split)
     # activations
     "act_batch": ("data", "fsdp", "expert"),
@@ -36,6 +41,9 @@ DEFAULT_RULES: dict[str, Any] = {
     "act_mlp": "tensor",
     "act_vocab": "tensor",
     "act_tokens": ("data", "fsdp", "expert", "sequence"),
+    "act_vit_batch": ("data", "fsdp", "expert"),  # rows of image patches / tiles
+    "act_vit_seq": None,
+    "act_vit_embed": None,
 }
 
 _rules: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("jaxtrain_rules", default=DEFAULT_RULES)

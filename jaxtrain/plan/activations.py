@@ -33,7 +33,8 @@ from jax.ad_checkpoint import checkpoint_name
 from jax.extend.core import Literal
 
 from jaxtrain.models.config import LayerKind, ModelConfig
-from jaxtrain.models.decoder import Block, remat_policy
+from jaxtrain.models.decoder import Block
+from jaxtrain.models.layers import remat_policy
 from jaxtrain.models.layers import dtype_of
 from jaxtrain.models.rope import rope_tables
 from jaxtrain.parallel.moe import LocalBlocks, LocalSorted, PaddedAllToAll, forced_dispatcher

@@ -27,9 +27,14 @@ method: subclass `Objective` in its own module and add the class to `methods.OBJ
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable
 
 import jax.numpy as jnp
+import numpy as np
+
+from jaxtrain.models.config import ModelConfig
+from jaxtrain.models.vision import inputs as vision_inputs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,13 +76,22 @@ class Objective:
     return False
 
   def batch_fields(self, config) -> dict[str, BatchField]:
-    shape = (config.train.global_batch, config.data.seq_len)
-    return {k: BatchField(shape, "int32", ("act_batch", "act_seq")) for k in CONTRACT}
+    """The data contract's text keys, plus a vision-language model's per-row vision inputs
+    (models/vision/inputs.py) when `model.vision` has a tower."""
+    B, T = config.train.global_batch, config.data.seq_len
+    fields = {k: BatchField((B, T), "int32", ("act_batch", "act_seq")) for k in CONTRACT}
+    for k, (shape, dtype) in vision_inputs.model_shapes(_model_config(config), B, T).items():
+      fields[k] = BatchField(shape, np.dtype(dtype).name, vision_inputs.input_axes(k, len(shape)))
+    return fields
 
   def pipeline(self, config, split: str, tokenizer, process_index: int, process_count: int):
     from jaxtrain import data as data_lib
-    return data_lib.build_pipeline(config, split=split, tokenizer=tokenizer, process_index=process_index,
-                                   process_count=process_count)
+    it = data_lib.build_pipeline(config, split=split, tokenizer=tokenizer, process_index=process_index,
+                                 process_count=process_count)
+    model_cfg = _model_config(config)
+    if model_cfg.vision.enabled:  # the pipeline's pixel arrays -> the model's per-row inputs
+      it.convert = functools.partial(vision_inputs.model_batch, model_cfg, seq_len=config.data.seq_len)
+    return it
 
   def normalizer(self, batch):
     return jnp.maximum(jnp.sum(batch["loss_mask"]).astype(jnp.float32), 1.0)
@@ -93,3 +107,7 @@ class Objective:
   def extra_metrics(self) -> tuple[str, ...]:
     """Names of the per-normalizer metrics `loss` reports (documentation and tests)."""
     return ()
+
+
+def _model_config(config) -> ModelConfig:
+  return ModelConfig.from_config(config.model, config.kernels)

@@ -41,8 +41,9 @@ def state_shardings(tx: optax.GradientTransformation, abstract_params, params_sh
                     model_state_sharding=None) -> TrainState:
   replicated = NamedSharding(mesh, PartitionSpec())
   abstract_opt = jax.eval_shape(tx.init, abstract_params)
-  opt_sharding = optax.tree_map_params(tx, lambda _, s: s, abstract_opt, params_sharding,
-                                       transform_non_params=lambda _: replicated)
+  masked = lambda x: isinstance(x, optax.MaskedNode)  # noqa: E731 - frozen parameters (`model.freeze`) have no state
+  opt_sharding = optax.tree_map_params(tx, lambda v, s: v if masked(v) else s, abstract_opt, params_sharding,
+                                       transform_non_params=lambda _: replicated, is_leaf=masked)
   return TrainState(step=replicated, params=params_sharding, opt_state=opt_sharding, rng=replicated,
                     model_state=model_state_sharding)
 

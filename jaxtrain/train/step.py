@@ -22,17 +22,17 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from jaxtrain.models.vision.inputs import input_axes
+from jaxtrain.models.vlm import VISION_KEYS
 from jaxtrain.parallel.rules import constrain
 from jaxtrain.posttrain.objective import Forward, Objective
 from jaxtrain.posttrain.parts import ModelParts
+from jaxtrain.train.freeze import stop_frozen
 from jaxtrain.train.loss import token_losses
 from jaxtrain.train.state import TrainState
 
+VISION_INPUTS = tuple(k for keys in VISION_KEYS.values() for k in keys) + ("rope_positions",)
 BATCH_KEYS = ("input_ids", "target_ids", "loss_mask", "segment_ids", "positions")
-
-
-def _merge(graphdef, params, model_state=None):
-  return nnx.merge(graphdef, params) if model_state is None else nnx.merge(graphdef, params, model_state)
 
 
 def token_logps(model, batch, *, vocab_chunk: int):
@@ -40,7 +40,9 @@ def token_logps(model, batch, *, vocab_chunk: int):
   dimensions beyond [rows, T] are flattened for the forward pass and restored."""
   shape = batch["input_ids"].shape
   flat = {k: batch[k].reshape(-1, shape[-1]) for k in ("input_ids", "target_ids", "segment_ids", "positions")}
-  h, aux, _ = model.hidden_states(flat["input_ids"], segment_ids=flat["segment_ids"], positions=flat["positions"])
+  vision = {k: batch[k] for k in VISION_INPUTS if k in batch}  # a vision-language model's rows (SFT)
+  h, aux, _ = model.hidden_states(flat["input_ids"], segment_ids=flat["segment_ids"], positions=flat["positions"],
+                                  **vision)
   losses = token_losses(h, model.head_weight(h.dtype), flat["target_ids"], vocab_chunk=vocab_chunk)
   return -losses.reshape(shape), aux
 
@@ -60,8 +62,9 @@ def make_forward(parts: ModelParts, params, frozen, model_state, *, vocab_chunk:
 
 
 def _constrain_batch(batch, fields):
-  if fields is None:
-    return {k: constrain(batch[k], ("act_batch", "act_seq")) for k in BATCH_KEYS}
+  if fields is None:  # the SFT contract, plus the vision inputs when the batch has them
+    out = {k: constrain(batch[k], ("act_batch", "act_seq")) for k in BATCH_KEYS}
+    return out | {k: constrain(batch[k], input_axes(k, batch[k].ndim)) for k in VISION_INPUTS if k in batch}
   return {k: constrain(batch[k], fields[k].axes) for k in fields}
 
 
@@ -120,6 +123,7 @@ def make_train_step(graphdef, model_cfg, train_cfg, tx: optax.GradientTransforma
     totals = objective.totals(batch)
 
     def loss_fn(params, micro):
+      params = stop_frozen(params, model_cfg.freeze)
       fwd = make_forward(parts, params, state.frozen, state.model_state, vocab_chunk=vocab_chunk, totals=totals)
       loss_sum, aux, sums = objective.loss(fwd, micro)
       moe_total, _, _ = _moe_terms(aux, model_cfg)

@@ -37,6 +37,7 @@ from jaxtrain.train.optimizer import make_optimizer, schedule
 from jaxtrain.train.profiler import StepProfiler
 from jaxtrain.train.progress import Progress
 from jaxtrain.train.run_config import load_config
+from jaxtrain.train.freeze import with_freeze
 from jaxtrain.train.sinks import TENSORBOARD_DIR
 from jaxtrain.train.step import make_eval_step, make_train_step
 
@@ -74,7 +75,7 @@ class Trainer:
       raise config_lib.ConfigError(
           f"config model.vocab_size={mc.vocab_size} is smaller than the tokenizer's vocabulary "
           f"({self.tokenizer.vocab_size} tokens, {cfg.data.tokenizer})")
-    self.tx = make_optimizer(cfg.train)
+    self.tx = with_freeze(make_optimizer(cfg.train), mc.freeze)
     self.lr_schedule = schedule(cfg.train)
     # What trains and what stays frozen (LoRA / QLoRA, a preference reference): posttrain/setup.py.
     self.objective = self._objective(cfg)

@@ -150,9 +150,11 @@ def assert_logits_and_loss_match(name: str, model, hf_model, toks: np.ndarray) -
   assert abs(loss - ref_loss) <= 1e-5 * max(1.0, abs(ref_loss)), name
 
 
-def assert_export_is_exact_and_reloads(hf_dir: str, exported_dir: str, hf_model) -> None:
+def assert_export_is_exact_and_reloads(hf_dir: str, exported_dir: str, hf_model,
+                                       auto_class: str = "AutoModelForCausalLM") -> None:
   """Every tensor of the export is bit-identical to the original HF checkpoint, and transformers
-  loads the export with no missing/unexpected/mismatched keys and gives the same logits."""
+  loads the export (through `auto_class`) with no missing/unexpected/mismatched keys and gives
+  the same logits."""
   import transformers
 
   from jaxtrain.converters.safetensors_io import WeightDir
@@ -160,8 +162,8 @@ def assert_export_is_exact_and_reloads(hf_dir: str, exported_dir: str, hf_model)
   assert sorted(original.infos) == sorted(exported.infos)
   for key in original.infos:
     assert exported.read(key).tobytes() == original.read(key).tobytes(), key
-  reloaded, info = transformers.AutoModelForCausalLM.from_pretrained(exported_dir, output_loading_info=True,
-                                                                     attn_implementation="eager")
+  reloaded, info = getattr(transformers, auto_class).from_pretrained(exported_dir, output_loading_info=True,
+                                                                    attn_implementation="eager")
   assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"], info
   toks = tokens(2, 13, seed=4)
   np.testing.assert_array_equal(hf_logits_and_loss(reloaded.eval(), toks)[0], hf_logits_and_loss(hf_model, toks)[0])

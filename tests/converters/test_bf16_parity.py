@@ -1,5 +1,5 @@
-"""bf16 logits of every registered family against `transformers` in bf16, from each family's tiny
-example with random weights (fp32 checkpoint; both sides load it as bf16 parameters and compute
+"""bf16 logits of every registered family against `transformers` in bf16 (vision-language families:
+text-only), from each family's tiny example with random weights (fp32 checkpoint; both sides load it as bf16 parameters and compute
 in bf16).
 
 Tolerance. Two bf16 implementations round at different points (fused vs separate ops, where
@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from tests.converters.conftest import build_hf, jax_logits_and_loss, tokens
+from tests.models import hf_vlm
 
 import jaxtrain
 from jaxtrain.converters.families import FAMILIES
@@ -30,7 +31,10 @@ def hf_logits(model, toks):
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_family_bf16_logits_match_transformers_bf16(family, tmp_path):
   hf_dir = str(tmp_path / "hf")
-  hf_fp32 = build_hf(family, hf_dir, seed=11, **FAMILIES[family].example)
+  if FAMILIES[family].multimodal:  # text-only logits of the language model (pixels: tests/models/test_vlm.py)
+    hf_fp32 = hf_vlm.build_hf_vlm(family, hf_dir, seed=11)
+  else:
+    hf_fp32 = build_hf(family, hf_dir, seed=11, **FAMILIES[family].example)
   toks = tokens(2, 17, seed=5)
   exact = hf_logits(hf_fp32, toks)
   hf_bf16 = hf_logits(hf_fp32.to(torch.bfloat16), toks)

@@ -11,6 +11,7 @@ import pytest
 
 from tests.converters.conftest import (assert_export_is_exact_and_reloads, assert_logits_and_loss_match, build_hf,
                                        hf_config, tokens)
+from tests.models import hf_vlm
 
 import jaxtrain
 from jaxtrain.converters import from_hf, save_hf, to_hf
@@ -29,15 +30,37 @@ def test_registry_lists_every_family_module():
     assert family.name == name and family.example, name
 
 
-@pytest.mark.parametrize("family", list(FAMILIES))
-def test_family_defaults_match_transformers(family):
-  import transformers
-  cls = type(transformers.AutoConfig.for_model(family))
-  for key, ours in FAMILIES[family].hf_defaults.items():
+def _check_defaults(name, cls, defaults):
+  for key, ours in defaults.items():
     theirs = getattr(cls, "default_theta", 10000.0) if key == "rope_theta" else getattr(cls, key, None)
     if key == "mlp_only_layers" and theirs is None:
       theirs = []  # __post_init__ turns None into []
-    assert ours == theirs, (family, key, ours, theirs)
+    if isinstance(theirs, (list, tuple)) and isinstance(ours, (list, tuple)):
+      theirs, ours = list(theirs), list(ours)
+    assert ours == theirs, (name, key, ours, theirs)
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_family_defaults_match_transformers(family):
+  """The defaults each family assumes are transformers' own: the top-level config class's and,
+  for vision-language families, those of the nested vision and text config classes."""
+  import transformers
+  fam = FAMILIES[family]
+  cls = type(transformers.AutoConfig.for_model(family))
+  _check_defaults(family, cls, fam.hf_defaults)
+  if fam.multimodal:
+    vision_cls = type(transformers.AutoConfig.for_model(family).vision_config)
+    _check_defaults(f"{family} vision_config", vision_cls, fam.vision_defaults)
+    for text in fam.text_families:
+      _check_defaults(f"{family} text_config {text.name}", type(transformers.AutoConfig.for_model(text.name)),
+                      text.hf_defaults)
+
+
+def example_config(family):
+  if FAMILIES[family].multimodal:
+    import transformers
+    return transformers.AutoConfig.for_model(family, **hf_vlm.example(family))
+  return hf_config(family, **FAMILIES[family].example)
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))
@@ -45,7 +68,7 @@ def test_family_config_round_trips(family, tmp_path):
   """transformers' config.json -> model section -> our config.json -> transformers -> model
   section describes the same numerics; transformers builds the same architecture from ours."""
   import transformers
-  original = hf_config(family, **FAMILIES[family].example)
+  original = example_config(family)
   original.save_pretrained(str(tmp_path / "a"))
   cfg = ModelConfig.from_config(from_hf(json.loads((tmp_path / "a" / "config.json").read_text())))
   assert cfg.arch == family
@@ -60,9 +83,15 @@ def test_family_config_round_trips(family, tmp_path):
 
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_family_logits_and_weights_round_trip(family, tmp_path):
+  """Text-only logits and loss (vision-language families: their language model and its
+  positions; tests/models/test_vlm.py covers pixels), and a bit-exact export that the
+  family's transformers auto class reloads."""
   hf_dir, out = str(tmp_path / "hf"), str(tmp_path / "out")
-  hf_model = build_hf(family, hf_dir, seed=7, **FAMILIES[family].example)
+  if FAMILIES[family].multimodal:
+    hf_model = hf_vlm.build_hf_vlm(family, hf_dir, seed=7)
+  else:
+    hf_model = build_hf(family, hf_dir, seed=7, **FAMILIES[family].example)
   model = jaxtrain.from_pretrained(hf_dir)
   assert_logits_and_loss_match(f"registry {family}", model, hf_model, tokens(2, 17, seed=3))
   save_hf(model, model.cfg, out, base_config=json.loads(open(f"{hf_dir}/config.json").read()))
-  assert_export_is_exact_and_reloads(hf_dir, out, hf_model)
+  assert_export_is_exact_and_reloads(hf_dir, out, hf_model, auto_class=FAMILIES[family].auto_class)

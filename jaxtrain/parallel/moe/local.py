@@ -29,5 +29,7 @@ class LocalBlocks:
   backward data movement into a gather (no scatter-add), so it is one call, not staged."""
 
   def __call__(self, x, routing: Routing, experts: ExpertFFN):
+    lora = experts.lora
     return blocked_expert_ffn(x, routing.expert_ids, routing.weights, routing.valid, experts.gate_up, experts.down,
-                              gate_up_bias=experts.gate_up_bias, glu=experts.unit())
+                              gate_up_bias=experts.gate_up_bias, glu=experts.unit(),
+                              lora=None if lora is None else lora.arrays(), lora_scale=lora.scale if lora else 1.0)

@@ -43,7 +43,7 @@ def routed_experts(x, expert_ids, weights, valid, gate_up, down, *, act, mode, c
     raise ValueError(f"unknown MoE mode {mode!r}")
   exchange = current_exchange() if exchange is None else exchange
   dispatcher = select(exchange, impl, layout(x.shape[0], x.shape[1], gate_up.shape, down.shape, exchange),
-                      adapters=lora is not None, fp8=fp8 is not None)
+                      fp8=fp8 is not None)
   out, load = dispatcher(x, Routing(expert_ids, weights, valid),
                          ExpertFFN(gate_up, down, act, impl, gate_up_bias=gate_up_bias, glu=glu, lora=lora,
                                    fp8=fp8))
@@ -55,7 +55,7 @@ def routed_experts(x, expert_ids, weights, valid, gate_up, down, *, act, mode, c
 def dropless(x, expert_ids, weights, valid, gate_up, down, *, act, impl, gate_up_bias=None, glu=None, lora=None):
   """Dropless routed experts ignoring any mesh: the local dispatcher for `impl`. Returns
   (out, tokens per expert, 0) like `routed_experts`."""
-  dispatcher = select("auto", impl, None, adapters=lora is not None)
+  dispatcher = select("auto", impl, None)
   out, load = dispatcher(x, Routing(expert_ids, weights, valid),
                          ExpertFFN(gate_up, down, act, impl, gate_up_bias=gate_up_bias, glu=glu, lora=lora))
   return out, load, jnp.zeros((), jnp.int32)

@@ -82,7 +82,7 @@ def resolve_exchange(exchange: str, backend: str | None = None) -> str:
 
 
 def select(exchange: str, impl: str, layout: Layout | None, *, backend: str | None = None,
-           adapters: bool = False, fp8: bool = False) -> Dispatcher:
+           fp8: bool = False) -> Dispatcher:
   """The dispatcher for one MoE call.
 
   `layout` (sharded.layout) None: this device's view, where the grouped-matmul impl decides:
@@ -92,14 +92,13 @@ def select(exchange: str, impl: str, layout: Layout | None, *, backend: str | No
   "auto" over a size-1 expert axis), else around the exchange `exchange` resolves to on
   `backend` (default: the running one); there the per-device compute is always the grouped
   matmul (`impl` "blocked" = `gmm_blocked`). The gmm kernel resolves for the running backend.
-  Experts with LoRA adapters (`adapters`) or FP8 GEMMs (`fp8`) always take the staged path: both
-  run through the grouped matmul (adapters as extra grouped matmuls), which the fused blocked
-  FFN does not have."""
+  Experts with FP8 GEMMs (`fp8`) always take the staged path (FP8 runs through the grouped
+  matmul, which the fused blocked FFN does not have); LoRA adapters run in either."""
   check_exchange(exchange)
   if _forced.get() is not None:
     return _forced.get()
   if layout is None:
-    return LocalBlocks() if kernels.resolve("gmm", impl)[0] == "blocked" and not (adapters or fp8) else LocalSorted()
+    return LocalBlocks() if kernels.resolve("gmm", impl)[0] == "blocked" and not fp8 else LocalSorted()
   checked = col.checks_vma("gmm", impl)
   if not layout.ep_axes or (exchange == "auto" and layout.ep_size == 1):
     return ExpertParallel(LocalSorted(), layout, checked)
