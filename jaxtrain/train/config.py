@@ -29,7 +29,7 @@ def defaults() -> ConfigDict:
       "eps": 1e-8,  # AdamW epsilon
       "clip_norm": 1.0,  # global-norm clipping; 0 disables
       "loss_vocab_chunk": 8192,  # vocab columns per cross-entropy chunk (bounds the [tokens, vocab] logits)
-      "check_memory": True,  # refuse, before compiling, a config the planner predicts cannot fit
+      "check_memory": True,  # refuse, before compiling, a config predicted not to fit (accelerators; CPU given device_memory_gib)
       "device_memory_gib": 0.0,  # memory per device the planner plans with (0 = what the device has)
       "log_every": 10,  # steps between metrics records (metrics.jsonl, TensorBoard)
       "progress": True,  # progress bar on the terminal

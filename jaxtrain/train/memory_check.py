@@ -38,7 +38,9 @@ def plan_run(config):
                         f"train.method={config.train.method!r} with lora.rank={config.lora.rank} needs them set")
     config, plan = resolve_auto(config, devices, device)
     predicted = plan.best.memory
-  elif config.train.check_memory and modeled:
+  elif config.train.check_memory and modeled and (device.platform != "cpu" or config.train.device_memory_gib):
+    # CPU "devices" share the host's memory, which the OS pages: the check (one compile of a
+    # layer) is for accelerators, or for a CPU run given a budget.
     predicted = check_fits(config, devices, device)
   else:
     return config, None
