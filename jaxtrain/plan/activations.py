@@ -37,7 +37,7 @@ from jaxtrain.models.decoder import Block
 from jaxtrain.models.layers import remat_policy
 from jaxtrain.models.layers import dtype_of
 from jaxtrain.models.rope import rope_tables
-from jaxtrain.parallel.moe import LocalBlocks, LocalSorted, PaddedAllToAll, forced_dispatcher
+from jaxtrain.parallel.moe import ExpertFFN, LocalBlocks, LocalSorted, PaddedAllToAll, forced_dispatcher
 
 # Dependence flags of traced values.
 _ACT, _WEIGHT, _CONST, _PEERS = 1, 2, 4, 8  # _PEERS: carries the vmapped peer axis
@@ -63,13 +63,51 @@ class DispatchPath:
   """How one MoE layer's routed experts run on one device."""
   kind: str  # "blocks" (one device's padded blocks, CPU), "sorted" (experts not split), "exchange"
   peers: int = 1  # devices sharing the experts (exchange)
+  # The grouped matmuls allocate only their outputs, as accelerator kernels (ragged_dot, Pallas)
+  # do; this host's blocked kernel would also copy each block's expert weights.
+  outputs_only: bool = False
 
   def dispatcher(self):
     if self.kind == "blocks":
       return LocalBlocks()
-    if self.kind == "sorted":
-      return LocalSorted()
-    return PaddedAllToAll("peers", self.peers)
+    inner = LocalSorted() if self.kind == "sorted" else PaddedAllToAll("peers", self.peers)
+    return _OutputsOnly(inner) if self.outputs_only else inner
+
+
+@jax.custom_vjp
+def _outputs_only_gmm(lhs, rhs, group_sizes):
+  """The buffers of a grouped matmul `[m, k] x [g, k, n] -> [m, n]` and of its gradients (`[m, k]`
+  and a full `[g, k, n]`), without their arithmetic: one group's matmul stands for all. For
+  memory analysis only: the values are wrong."""
+  return (lhs @ rhs[0]).astype(lhs.dtype)
+
+
+def _outputs_only_fwd(lhs, rhs, group_sizes):
+  return _outputs_only_gmm(lhs, rhs, group_sizes), (lhs, rhs, group_sizes)  # a kernel's residuals
+
+
+def _outputs_only_bwd(res, grad):
+  lhs, rhs, group_sizes = res
+  d_rhs = jnp.zeros(rhs.shape, rhs.dtype).at[0].set((lhs.T @ grad).astype(rhs.dtype))
+  return (grad @ rhs[0].T).astype(lhs.dtype), d_rhs, None
+
+
+_outputs_only_gmm.defvjp(_outputs_only_fwd, _outputs_only_bwd)
+
+
+class _OutputsOnlyFFN(ExpertFFN):
+  def _gmm(self, rows, w, group_sizes):
+    return _outputs_only_gmm(rows, w, group_sizes)
+
+
+@dataclasses.dataclass(frozen=True)
+class _OutputsOnly:
+  """A dispatcher whose expert compute allocates what accelerator grouped matmuls do."""
+  inner: object
+
+  def __call__(self, x, routing, experts: ExpertFFN):
+    fields = {f.name: getattr(experts, f.name) for f in dataclasses.fields(experts)}
+    return self.inner(x, routing, _OutputsOnlyFFN(**fields))
 
 
 def _nbytes(aval) -> int:

@@ -45,17 +45,21 @@ class Device:
     return flops_lib.peak_flops(self.kind, dtype) or flops_lib.peak_flops(self.kind, "bfloat16")
 
 
+MiB = 2 ** 20
+# Memory as the driver reports it (nvidia-smi's total: an "80GB" H100 has 81,559 MiB); a
+# process gets `bytes_limit` of it (jax: XLA_PYTHON_CLIENT_MEM_FRACTION), which `local_device`
+# reads on a live device.
 DEVICES = {
-    "H100": Device("H100", "gpu", 80 * GB, 450 * GB, 50 * GB, 8, True),
-    "H200": Device("H200", "gpu", 141 * GB, 450 * GB, 50 * GB, 8, True),
-    "H800": Device("H800", "gpu", 80 * GB, 200 * GB, 50 * GB, 8, True),
-    "H20": Device("H20", "gpu", 96 * GB, 450 * GB, 50 * GB, 8, True, peak_override=148e12),
-    "A100": Device("A100", "gpu", 80 * GB, 300 * GB, 25 * GB, 8, True),
-    "A800": Device("A800", "gpu", 80 * GB, 200 * GB, 25 * GB, 8, True),
-    "B200": Device("B200", "gpu", 180 * GB, 900 * GB, 100 * GB, 8, True),
-    "L40S": Device("L40S", "gpu", 48 * GB, 32 * GB, 25 * GB, 8, True),
-    "TPU v5p": Device("TPU v5p", "tpu", 95 * GB, 90 * GB, 90 * GB, 4096, True),
-    "TPU v5e": Device("TPU v5e", "tpu", 16 * GB, 50 * GB, 50 * GB, 256, True),
+    "H100": Device("H100", "gpu", 81559 * MiB, 450 * GB, 50 * GB, 8, True),
+    "H200": Device("H200", "gpu", 143771 * MiB, 450 * GB, 50 * GB, 8, True),
+    "H800": Device("H800", "gpu", 81559 * MiB, 200 * GB, 50 * GB, 8, True),
+    "H20": Device("H20", "gpu", 97871 * MiB, 450 * GB, 50 * GB, 8, True, peak_override=148e12),
+    "A100": Device("A100", "gpu", 81920 * MiB, 300 * GB, 25 * GB, 8, True),
+    "A800": Device("A800", "gpu", 81920 * MiB, 200 * GB, 25 * GB, 8, True),
+    "B200": Device("B200", "gpu", 183359 * MiB, 900 * GB, 100 * GB, 8, True),
+    "L40S": Device("L40S", "gpu", 46068 * MiB, 32 * GB, 25 * GB, 8, True),
+    "TPU v5p": Device("TPU v5p", "tpu", 95 * GiB, 90 * GB, 90 * GB, 4096, True),
+    "TPU v5e": Device("TPU v5e", "tpu", 16 * GiB, 50 * GB, 50 * GB, 256, True),
 }
 
 

@@ -86,11 +86,12 @@ def _kind_name(kind: LayerKind) -> str:
 def dispatch_path(workload: Workload, candidate: Candidate, gmm: str) -> acts.DispatchPath:
   """The routed-expert path one device runs (parallel/moe/select.py decides the same way)."""
   mesh = candidate.mesh
-  if mesh.size == 1 and workload.expert_exchange == "auto":
-    return acts.DispatchPath("blocks" if gmm == "blocked" else "sorted")
+  outputs_only = gmm != "blocked"
+  if mesh.size == 1 and workload.expert_exchange == "auto" and not outputs_only:
+    return acts.DispatchPath("blocks")
   if mesh["expert"] > 1:
-    return acts.DispatchPath("exchange", mesh["expert"])
-  return acts.DispatchPath("sorted")
+    return acts.DispatchPath("exchange", mesh["expert"], outputs_only)
+  return acts.DispatchPath("sorted", outputs_only=outputs_only)
 
 
 def dispatch_rows(cfg, path: acts.DispatchPath, tokens: int) -> int:
