@@ -30,6 +30,7 @@ def parser(prog: str = "python -m jaxtrain.plan") -> argparse.ArgumentParser:
   p.add_argument("--as-configured", action="store_true", help="keep the mesh / remat / micro-batches the config fixes")
   p.add_argument("--top", type=int, default=8, help="candidates listed besides the recommendation")
   p.add_argument("--json", action="store_true", help="machine-readable output")
+  p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
   return p
 
 
@@ -75,7 +76,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m jaxtrain.plan") -
     print(f"error: {e}", file=sys.stderr)
     return 2
   workload = Workload.from_config(config)
-  plan = make_plan(workload, devices, device)
+  progress = None if args.quiet else (lambda line: print(f"[plan] {line}", file=sys.stderr, flush=True))
+  plan = make_plan(workload, devices, device, progress=progress)
   as_written = None
   if not has_auto(written):
     try:

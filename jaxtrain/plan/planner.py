@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
+from typing import Callable
 
 from jaxtrain.models import factory
 from jaxtrain.plan import candidates as cands
@@ -72,8 +74,13 @@ def _optimistic(workload: Workload, mesh: MeshShape, device: Device, params, sta
   return t.step, state.params + state.opt_state + state.grads
 
 
-def make_plan(workload: Workload, devices: int, device: Device, *, budget: float | None = None) -> Plan:
+def make_plan(workload: Workload, devices: int, device: Device, *, budget: float | None = None,
+              progress: Callable[[str], None] | None = None) -> Plan:
+  """`progress` receives one line per mesh searched (a large model's first traces of a layer
+  take tens of seconds each)."""
   budget = budget_of(device) if budget is None else budget
+  say = progress or (lambda _line: None)
+  t0 = time.perf_counter()
   model = traced_model(workload, device.platform, "none")
   params = factory.abstract_model(model)[1]
   stages = model.stages()
@@ -90,10 +97,11 @@ def make_plan(workload: Workload, devices: int, device: Device, *, budget: float
   options: list[Option] = []
   closest: Option | None = None
   best_step = math.inf
-  for optimistic, mesh in ranked:
+  for i, (optimistic, mesh) in enumerate(ranked):
     if optimistic > SLACK * best_step:
       rejected.append((f"mesh {mesh.describe()}", f"at best {optimistic:.3g} s per step, vs {best_step:.3g} s"))
       continue
+    say(f"mesh {mesh.describe()} ({i + 1} of {len(ranked)} that hold the state), {time.perf_counter() - t0:.0f} s")
     for remat, settings in cands.settings(workload, mesh, device):
       found = None
       for candidate in settings:
@@ -117,6 +125,7 @@ def make_plan(workload: Workload, devices: int, device: Device, *, budget: float
   kept = []
   for i, option in enumerate(options[:MAX_OPTIONS]):
     if i < EXACT:
+      say(f"exact shapes: {option.candidate.describe()}")
       mem = predict(workload, option.candidate, device.platform, abstract_params=params)
       if mem.total > budget:
         rejected.append((option.candidate.describe(), f"needs {gib(mem.total)} per device (budget {gib(budget)})"))

@@ -133,7 +133,7 @@ def resolve_auto(config, devices: int | None = None, device: Device | None = Non
     devices = jax.device_count()
   device = device or local_device(devices)
   workload = Workload.from_config(config)
-  plan = make_plan(workload, devices, device)
+  plan = make_plan(workload, devices, device, progress=lambda line: log.info("planner: %s", line))
   if plan.best is None:
     hints = []
     if plan.closest is not None:

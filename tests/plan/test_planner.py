@@ -74,10 +74,10 @@ def test_the_fastest_candidate_that_fits_a_budget_wins():
   workload = Workload.from_config(load_config(TINY, ["--config.data.seq_len=512", "--config.train.global_batch=8",
                                                      "--config.mesh=auto", "--config.model.remat=auto",
                                                      "--config.train.micro_batches=auto"]))
-  roomy = make_plan(workload, 4, cpu_device(1 * GiB, 4))
+  roomy = make_plan(workload, 2, cpu_device(1 * GiB, 2))
   assert roomy.best.candidate.remat == "none" and roomy.best.memory.total <= GiB
   tight_budget = roomy.best.memory.total * 0.75
-  tight = make_plan(workload, 4, cpu_device(tight_budget, 4))
+  tight = make_plan(workload, 2, cpu_device(tight_budget, 2))
   best = tight.best
   assert best.memory.total <= tight_budget
   assert best.candidate.remat != "none" or best.candidate.micro_batches > 1 or best.candidate != roomy.best.candidate
@@ -87,9 +87,9 @@ def test_the_fastest_candidate_that_fits_a_budget_wins():
 def test_nothing_fits_is_an_error_with_the_shortfall_and_remedies():
   config = load_config(TINY, ["--config.mesh=auto", "--config.model.remat=auto", "--config.data.seq_len=4096"])
   with pytest.raises(ConfigError) as e:
-    resolve_auto(config, 4, cpu_device(2 * MIB, 4))
+    resolve_auto(config, 2, cpu_device(2 * MIB, 2))
   text = str(e.value)
-  assert "Nothing fits in 2.0 MiB per device on 4 x cpu" in text and "more than that" in text
+  assert "Nothing fits in 2.0 MiB per device on 2 x cpu" in text and "more than that" in text
   fixed = load_config(TINY, ["--config.mesh.fsdp=8", "--config.data.seq_len=4096", "--config.train.global_batch=8"])
   small = cpu_device(predict(Workload.from_config(fixed), Candidate(MeshShape({"fsdp": 8}), "none", 1, 272),
                              "cpu").total * 0.6, 8)
