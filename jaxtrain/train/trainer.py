@@ -25,7 +25,7 @@ from jaxtrain.checkpoint import Checkpointer, abstract_with_shardings, checkpoin
 from jaxtrain.converters import load_params
 from jaxtrain.generate.sampler import generate, truncate_at_eos
 from jaxtrain.models.config import ModelConfig
-from jaxtrain.parallel import distributed
+from jaxtrain.parallel import distributed, memory
 from jaxtrain.parallel.mesh import make_mesh, mesh_context
 from jaxtrain.parallel.rules import logical_to_spec
 from jaxtrain.posttrain import methods, setup
@@ -178,6 +178,8 @@ class Trainer:
       with open(os.path.join(self.workdir, "config.json"), "w") as f:
         f.write(config_lib.to_json(cfg))
     state, data_state = self._restore_or_init()
+    if self.predicted is None:  # no plan for this run (CPU, LoRA, DPO): the start-up estimate
+      memory.log_report(state, self.model_cfg, cfg, self.mesh)
     start = int(state.step)
     n_params = state_lib.count_params(state.params)
     log.info("model: %s, %.2fM parameters, mesh %s", self.model_cfg.arch, n_params / 1e6, dict(self.mesh.shape))
