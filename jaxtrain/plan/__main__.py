@@ -111,6 +111,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m jaxtrain.plan") -
 def _option_json(o):
   c, m, t = o.candidate, o.memory, o.time
   return {"mesh": c.mesh.shape, "remat": c.remat, "micro_batches": c.micro_batches, "loss_vocab_chunk": c.vocab_chunk,
+          "ffn_chunk": c.ffn_chunk,
           "memory": m.as_dict(), "step_time": t.step, "compute_time": t.compute, "overlapped": t.overlapped,
           "exposed": t.exposed, "tokens_per_sec_per_device": t.tokens_per_sec_per_device}
 

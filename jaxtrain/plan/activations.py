@@ -269,7 +269,7 @@ def layer_memory(cfg: ModelConfig, kind: LayerKind, policy: str, rows: int, seq:
   # its forward+backward peak does not depend on the remat policy (within 2% on the validation
   # cases): one compile per shape serves every policy.
   plain = cfg.replace(remat="none")
-  if exact or cfg.attention_impl == "xla":
+  if exact or cfg.attention_impl == "xla" or cfg.ffn_chunk:  # chunks do not scale with the row
     return (block_residuals(cfg, kind, policy, rows, seq, path), block_peak(plain, kind, "none", rows, seq, path))
   scale = rows * seq / REFERENCE_TOKENS
   ref = block_residuals(cfg, kind, policy, 1, REFERENCE_TOKENS, path)

@@ -100,12 +100,27 @@ def vocab_chunks(workload: Workload) -> tuple[int, ...]:
   return tuple(out)
 
 
+LONG_ROW = 16384  # tokens per row from which the MLP / MoE may run in sequence chunks
+FFN_CHUNKS = (8192, 4096)
+
+
+def ffn_chunks(workload: Workload, always: bool = False) -> tuple[int, ...]:
+  """The configured `model.ffn_chunk`, or for long rows also sequence chunks of the MLP / MoE
+  (their intermediates and dispatch buffers then exist for one chunk of the row at a time, for
+  one more forward pass of the FFN). `always`: offer the chunks at any length (fit hints)."""
+  if workload.model.ffn_chunk:
+    return (workload.model.ffn_chunk,)
+  if workload.seq_len < LONG_ROW and not always:
+    return (0,)
+  return (0,) + tuple(c for c in FFN_CHUNKS if c < workload.seq_len and workload.seq_len % c == 0)
+
+
 def settings(workload: Workload, mesh: MeshShape, device: Device):
   """Candidates of one mesh, fastest first within each remat policy."""
   for remat in remat_choices(workload, device):
-    yield remat, [Candidate(mesh, remat, m, c) for m in micro_batch_choices(workload, mesh)
-                  for c in vocab_chunks(workload)]
+    yield remat, [Candidate(mesh, remat, m, c, f) for m in micro_batch_choices(workload, mesh)
+                  for f in ffn_chunks(workload) for c in vocab_chunks(workload)]
 
 
-__all__ = ["MIN_VOCAB_CHUNK", "REMAT_ORDER", "divisors", "mesh_problems", "meshes", "micro_batch_choices",
+__all__ = ["FFN_CHUNKS", "LONG_ROW", "MIN_VOCAB_CHUNK", "REMAT_ORDER", "divisors", "ffn_chunks", "mesh_problems", "meshes", "micro_batch_choices",
            "remat_choices", "settings", "vocab_chunks"]

@@ -125,6 +125,8 @@ def predict(workload: Workload, candidate: Candidate, platform: str, *, abstract
   per_kind: dict[str, int] = {}
   work = dispatch = gathered_max = 0
   fsdp = candidate.mesh["fsdp"] * candidate.mesh["data"]
+  chunk = local.model.ffn_chunk
+  chunked_tokens = local.rows * chunk if chunk and chunk < local.seq else local.tokens  # one FFN call's tokens
   for index, (unit, repeats) in enumerate(stages):
     for kind in unit:
       res, peak = acts.layer_memory(local.model, kind, candidate.remat, local.rows, local.seq, path, exact=exact)
@@ -143,7 +145,7 @@ def predict(workload: Workload, candidate: Candidate, platform: str, *, abstract
       if layer_work > work:
         work, gathered_max = layer_work, max(gathered, 0)
       if kind.moe:
-        dispatch = max(dispatch, dispatch_rows(cfg, path, local.tokens) * (cfg.hidden_size + 3 * (
+        dispatch = max(dispatch, dispatch_rows(cfg, path, chunked_tokens) * (cfg.hidden_size + 3 * (
             local.model.moe_intermediate_size)) * s)
 
   V, E = cfg.vocab_size, cfg.hidden_size

@@ -48,6 +48,7 @@ class Plan:
   options: list[Option]  # viable, fastest first (the first is the recommendation)
   rejected: list[tuple[str, str]]  # (what, why it was not viable)
   closest: Option | None  # the smallest-memory candidate evaluated (what to report when nothing fits)
+  least_state: tuple[int, MeshShape] | None = None  # the smallest state of any mesh (bytes per device)
 
   @property
   def best(self) -> Option | None:
@@ -86,8 +87,11 @@ def make_plan(workload: Workload, devices: int, device: Device, *, budget: float
   stages = model.stages()
   rejected: list[tuple[str, str]] = []
   ranked = []
+  least_state = None
   for mesh in cands.meshes(workload, devices, device):
     t, state = _optimistic(workload, mesh, device, params, stages)
+    if least_state is None or state < least_state[0]:
+      least_state = (state, mesh)
     if state > budget:
       rejected.append((f"mesh {mesh.describe()}", f"parameters, gradients and optimizer state alone need "
                        f"{gib(state)} per device (budget {gib(budget)})"))
@@ -133,7 +137,7 @@ def make_plan(workload: Workload, devices: int, device: Device, *, budget: float
       option = Option(option.candidate, mem, _time(workload, option.candidate, device, mem))
     kept.append(option)
   kept.sort(key=lambda o: (o.step, o.memory.total))
-  return Plan(workload, device, devices, budget, kept, rejected, closest)
+  return Plan(workload, device, devices, budget, kept, rejected, closest, least_state)
 
 
 def closest_for(settings: list[Candidate], workload: Workload, device: Device, params) -> Option:

@@ -32,6 +32,8 @@ def why_loses(option: Option, best: Option) -> str:
   t, tb = option.time, best.time
   if a.remat != b.remat:
     reasons.append(f"remat {a.remat} recomputes more" if t.compute > tb.compute else f"remat {a.remat}")
+  if a.ffn_chunk and a.ffn_chunk != b.ffn_chunk:
+    reasons.append(f"ffn_chunk {a.ffn_chunk} runs the MLP / MoE forward twice")
   if a.micro_batches > b.micro_batches:
     reasons.append(f"{a.micro_batches} micro-batches gather the weights {a.micro_batches}x")
   exposed, exposed_b = sum(t.exposed.values()), sum(tb.exposed.values())
@@ -72,11 +74,11 @@ def format_plan(plan: Plan, *, top: int = 8) -> str:
   others = plan.options[1:top]
   if others:
     lines += ["", "Other candidates that fit (and why they lose):",
-              "| mesh | remat | micro-batches | loss chunk | memory | step s | tokens/s/device | vs recommended |",
-              "|---|---|---|---|---|---|---|---|"]
+              "| mesh | remat | micro-batches | loss chunk | ffn chunk | memory | step s | tokens/s/device | vs recommended |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for o in others:
       lines.append(f"| {o.candidate.mesh.describe()} | {o.candidate.remat} | {o.candidate.micro_batches} | "
-                   f"{o.candidate.vocab_chunk} | {gib(o.memory.total)} | {o.step:.3f} | "
+                   f"{o.candidate.vocab_chunk} | {o.candidate.ffn_chunk or '-'} | {gib(o.memory.total)} | {o.step:.3f} | "
                    f"{o.time.tokens_per_sec_per_device:,.0f} | {why_loses(o, best)} |")
   if plan.rejected:
     lines += ["", f"Not viable ({len(plan.rejected)}):"]
@@ -103,6 +105,15 @@ def no_fit_message(plan: Plan, hints: list[str] | None = None) -> str:
     over = c.memory.total - plan.budget
     lines.append(f"The smallest candidate ({c.candidate.describe()}) needs {gib(c.memory.total)} per device, "
                  f"{gib(over)} ({100 * over / plan.budget:.0f}%) more than that: {', '.join(f'{n} {gib(v)}' for n, v in _top(c.memory))}.")
+  elif plan.least_state is not None:
+    state, mesh = plan.least_state
+    # Sharded over more devices the state shrinks in proportion; leave a fifth for activations.
+    needed = plan.devices
+    while state * plan.devices / needed > 0.8 * plan.budget:
+      needed *= 2
+    lines.append(f"Parameters, gradients and optimizer state alone need {gib(state)} per device at best "
+                 f"(mesh {mesh.describe()}). Full-parameter training needs about {needed} devices of this kind "
+                 f"(plan them with --devices {needed}); or train LoRA adapters (lora.rank) with a mesh you set.")
   if hints:
     lines.append("What would make it fit: " + "; ".join(hints) + ".")
   return "\n".join(lines)

@@ -8,6 +8,7 @@ cannot fit is refused before anything compiles, saying by how much and what woul
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 
 from ml_collections import ConfigDict
@@ -41,6 +42,7 @@ def apply(config, candidate: Candidate) -> ConfigDict:
     out.model.remat = candidate.remat
     out.train.micro_batches = int(candidate.micro_batches)
     out.train.loss_vocab_chunk = int(candidate.vocab_chunk)
+    out.model.ffn_chunk = int(candidate.ffn_chunk)
   mesh_validate(out)
   out.lock()
   return out
@@ -52,7 +54,7 @@ def fixed_candidate(config, devices: int) -> Candidate:
   sizes = axis_sizes(config.mesh, devices)
   check_sizes(config, sizes)  # the mesh's own errors first (they name the sizes at fault)
   return Candidate(MeshShape(sizes), config.model.remat, int(config.train.micro_batches),
-                   min(int(config.train.loss_vocab_chunk), int(config.model.vocab_size)))
+                   min(int(config.train.loss_vocab_chunk), int(config.model.vocab_size)), int(config.model.ffn_chunk))
 
 
 def fit_hints(workload: Workload, candidate: Candidate, device: Device, devices: int, budget: float) -> list[str]:
@@ -66,27 +68,33 @@ def fit_hints(workload: Workload, candidate: Candidate, device: Device, devices:
 
   for remat in cands.REMAT_ORDER:
     if remat != candidate.remat and (device.offload or remat not in cands.OFFLOAD):
-      total = fits(Candidate(candidate.mesh, remat, candidate.micro_batches, candidate.vocab_chunk))
+      total = fits(dataclasses.replace(candidate, remat=remat))
       if total:
         hints.append(f"model.remat={remat} ({gib(total)})")
         break
   split = candidate.mesh["data"] * candidate.mesh["fsdp"] * candidate.mesh["expert"]
   for m in cands.divisors(workload.global_batch):
     if m > candidate.micro_batches and (workload.global_batch // m) % split == 0:
-      total = fits(Candidate(candidate.mesh, candidate.remat, m, candidate.vocab_chunk))
+      total = fits(dataclasses.replace(candidate, micro_batches=m))
       if total:
         hints.append(f"train.micro_batches={m} ({gib(total)})")
         break
   for chunk in cands.vocab_chunks(workload):
     if chunk < candidate.vocab_chunk:
-      total = fits(Candidate(candidate.mesh, candidate.remat, candidate.micro_batches, chunk))
+      total = fits(dataclasses.replace(candidate, vocab_chunk=chunk))
       if total:
         hints.append(f"train.loss_vocab_chunk={chunk} ({gib(total)})")
+        break
+  for chunk in cands.ffn_chunks(workload, always=True):
+    if chunk and chunk != candidate.ffn_chunk:
+      total = fits(dataclasses.replace(candidate, ffn_chunk=chunk))
+      if total:
+        hints.append(f"model.ffn_chunk={chunk} ({gib(total)})")
         break
   for factor in (2, 4, 8, 16):
     sizes = dict(candidate.mesh.shape)
     sizes["fsdp"] *= factor
-    total = fits(Candidate(MeshShape(sizes), candidate.remat, candidate.micro_batches, candidate.vocab_chunk),
+    total = fits(dataclasses.replace(candidate, mesh=MeshShape(sizes)),
                  _with(workload, global_batch=workload.global_batch * factor))
     if total:
       hints.append(f"{devices * factor} devices with fsdp={sizes['fsdp']} and the same rows per device "
@@ -102,7 +110,6 @@ def fit_hints(workload: Workload, candidate: Candidate, device: Device, devices:
 
 
 def _with(workload: Workload, **changes) -> Workload:
-  import dataclasses
   return dataclasses.replace(workload, **changes)
 
 

@@ -80,6 +80,17 @@ def _recompute_fraction(remat: str) -> dict[str, float]:
   return {"matmul": 0.0, "attention": 0.0}
 
 
+def _ffn_params_per_token(cfg: ModelConfig) -> float:
+  """Weights of the MLP / MoE layers one token multiplies with (routed experts: its top-k)."""
+  E, total = cfg.hidden_size, 0.0
+  for i in range(cfg.num_layers):
+    if cfg.is_moe_layer(i):
+      total += 3 * E * (cfg.num_experts_per_tok * cfg.moe_intermediate_size + cfg.shared_expert_intermediate_size)
+    else:
+      total += 3 * E * cfg.intermediate_size
+  return total
+
+
 COLLECTIVE_LATENCY = {"intra": 10e-6, "inter": 30e-6}  # seconds per collective call (NCCL-like)
 KERNEL_LAUNCH = 3e-6  # seconds per kernel launch on an accelerator
 KERNELS_PER_LAYER = 60  # launches per layer per micro-batch, forward and backward (fused kernels)
@@ -121,6 +132,8 @@ def step_time(workload: Workload, candidate: Candidate, device: Device, *, local
   matmuls = 2.0 * flops_lib.matmul_params_per_token(cfg)["layers"]
   rec = _recompute_fraction(candidate.remat)
   total_per_token = per_token + rec["matmul"] * matmuls + rec["attention"] * attention
+  if candidate.ffn_chunk and candidate.ffn_chunk < T:  # each chunk's FFN forward runs again in the backward
+    total_per_token += 2.0 * _ffn_params_per_token(cfg)
   replicas = max(n // max(tokens // max(local_tokens * M, 1), 1), 1)
   flops_per_device = total_per_token * tokens * replicas / n
   peak = device.peak_flops(cfg.dtype) or 1e12

@@ -47,10 +47,12 @@ class Candidate:
   remat: str
   micro_batches: int
   vocab_chunk: int
+  ffn_chunk: int = 0  # model.ffn_chunk: MLP / MoE over the sequence in chunks of this many tokens (0: whole rows)
 
   def describe(self) -> str:
+    chunk = f", ffn_chunk {self.ffn_chunk}" if self.ffn_chunk else ""
     return (f"mesh {self.mesh.describe()}, remat {self.remat}, micro_batches {self.micro_batches}, "
-            f"loss_vocab_chunk {self.vocab_chunk}")
+            f"loss_vocab_chunk {self.vocab_chunk}{chunk}")
 
 
 def candidate_from_config(config, workload: Workload | None = None) -> Candidate:
@@ -58,7 +60,7 @@ def candidate_from_config(config, workload: Workload | None = None) -> Candidate
   the caller's job: pass a config whose mesh sizes are numbers)."""
   sizes = {a: int(config.mesh[a]) for a in AXES}
   return Candidate(MeshShape(sizes), config.model.remat, int(config.train.micro_batches),
-                   min(int(config.train.loss_vocab_chunk), int(config.model.vocab_size)))
+                   min(int(config.train.loss_vocab_chunk), int(config.model.vocab_size)), int(config.model.ffn_chunk))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,7 +112,7 @@ def local_share(workload: Workload, candidate: Candidate, platform: str) -> Loca
   replicas = math.prod(mesh[a] for a in batch_axes) // split
   sp, tp = mesh["sequence"], mesh["tensor"]
   div = lambda n: max(n // tp, 1) if n else n  # noqa: E731
-  local = m.replace(num_heads=div(m.num_heads), num_kv_heads=max(m.num_kv_heads // tp, 1),
+  local = m.replace(ffn_chunk=candidate.ffn_chunk, num_heads=div(m.num_heads), num_kv_heads=max(m.num_kv_heads // tp, 1),
                     intermediate_size=div(m.intermediate_size), moe_intermediate_size=div(m.moe_intermediate_size),
                     shared_expert_intermediate_size=div(m.shared_expert_intermediate_size))
   return Local(rows=micro // split, seq=max(workload.seq_len // sp, 1), model=local, batch_replicas=replicas)

@@ -119,3 +119,21 @@ def test_command_line_plans_for_a_device_kind(capsys):
   out = capsys.readouterr().out
   assert "Recommended: mesh" in out and "predicted memory per device" in out and "tokens/s per device" in out
   assert "The config as written" in out  # tiny.py fixes its mesh: evaluated too
+
+
+def test_long_rows_plan_the_ffn_in_sequence_chunks_when_that_is_what_fits():
+  # One 16k-token row on one device: the MoE's dispatch buffers and the MLP's intermediates
+  # exist for one chunk at a time, so the layer's backward needs less; a budget between the
+  # two makes the planner chunk, and its step time pays one more FFN forward.
+  config = load_config(TINY, ["--config.data.seq_len=16384", "--config.train.global_batch=1", "--config.mesh=auto",
+                              "--config.model.remat=full", "--config.train.micro_batches=1"])
+  workload = Workload.from_config(config)
+  mesh = MeshShape({"fsdp": 1})
+  whole = predict(workload, Candidate(mesh, "full", 1, 272), "cpu")
+  chunked = predict(workload, Candidate(mesh, "full", 1, 272, 4096), "cpu")
+  assert chunked.layer_work < 0.75 * whole.layer_work and chunked.saved == whole.saved
+  assert chunked.total < whole.total
+  budget = (whole.total + chunked.total) / 2
+  plan = make_plan(workload, 1, cpu_device(budget, 1))
+  assert plan.best.candidate.ffn_chunk and plan.best.memory.total <= budget
+  assert resolve_auto(config, 1, cpu_device(budget, 1))[0].model.ffn_chunk == plan.best.candidate.ffn_chunk
