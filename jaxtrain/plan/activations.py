@@ -263,21 +263,32 @@ def layer_memory(cfg: ModelConfig, kind: LayerKind, policy: str, rows: int, seq:
   token count from one trace of a row of REFERENCE_TOKENS (activations, dispatch buffers and
   blockwise attention grow linearly with tokens; weight-derived residuals and the weights'
   gradients do not), so a search over meshes and micro-batch splits traces each layer once
-  instead of once per shape. Attention with the XLA reference kernel (memory quadratic in the
-  sequence) is always traced exactly."""
+  instead of once per shape (a chunked MLP / MoE: two traces). Attention with the XLA reference
+  kernel (memory quadratic in the sequence) is always traced exactly."""
   # Compiled alone, a layer's recomputation is its forward pass itself (XLA merges the two), so
   # its forward+backward peak does not depend on the remat policy (within 2% on the validation
   # cases): one compile per shape serves every policy.
   plain = cfg.replace(remat="none")
-  if exact or cfg.attention_impl == "xla" or cfg.ffn_chunk:  # chunks do not scale with the row
+  chunk = cfg.ffn_chunk if cfg.ffn_chunk and seq > cfg.ffn_chunk and seq % cfg.ffn_chunk == 0 else 0
+  if exact or cfg.attention_impl == "xla":
     return (block_residuals(cfg, kind, policy, rows, seq, path), block_peak(plain, kind, "none", rows, seq, path))
-  scale = rows * seq / REFERENCE_TOKENS
-  ref = block_residuals(cfg, kind, policy, 1, REFERENCE_TOKENS, path)
+  fixed = _layer_weight_bytes(plain, kind, path)
+  if chunk:
+    # The MLP / MoE in sequence chunks: its buffers grow with rows x chunk, the rest of the layer
+    # with rows x seq. Two traces of one row, 2 and 4 chunks long, give both parts.
+    t1, t2 = 2 * chunk, 4 * chunk
+    p1, p2 = (block_peak(plain, kind, "none", 1, t, path) for t in (t1, t2))
+    per_token = max(p2 - p1, 0) / (t2 - t1)
+    per_row = max(p1 - fixed - per_token * t1, 0)
+    ref_tokens, peak = t1, int(fixed + rows * (per_row + per_token * seq))
+  else:
+    ref_tokens = REFERENCE_TOKENS
+    peak = int(fixed + max(block_peak(plain, kind, "none", 1, ref_tokens, path) - fixed, 0) * rows * seq / ref_tokens)
+  scale = rows * seq / ref_tokens
+  ref = block_residuals(cfg, kind, policy, 1, ref_tokens, path)
   res = Residuals(activations=int(ref.activations * scale), weights=ref.weights,
                   invariant=int(ref.invariant * scale), offloaded=int(ref.offloaded * scale))
-  fixed = _layer_weight_bytes(plain, kind, path)
-  peak = block_peak(plain, kind, "none", 1, REFERENCE_TOKENS, path)
-  return res, int(fixed + max(peak - fixed, 0) * scale)
+  return res, peak
 
 
 __all__ = ["DispatchPath", "REFERENCE_TOKENS", "Residuals", "block_peak", "block_residuals", "layer_memory",

@@ -112,7 +112,9 @@ def local_share(workload: Workload, candidate: Candidate, platform: str) -> Loca
   replicas = math.prod(mesh[a] for a in batch_axes) // split
   sp, tp = mesh["sequence"], mesh["tensor"]
   div = lambda n: max(n // tp, 1) if n else n  # noqa: E731
-  local = m.replace(ffn_chunk=candidate.ffn_chunk, num_heads=div(m.num_heads), num_kv_heads=max(m.num_kv_heads // tp, 1),
+  # The model chunks the whole row; sequence parallel gives each device its share of a chunk.
+  ffn_chunk = candidate.ffn_chunk // sp if candidate.ffn_chunk % sp == 0 else candidate.ffn_chunk
+  local = m.replace(ffn_chunk=ffn_chunk, num_heads=div(m.num_heads), num_kv_heads=max(m.num_kv_heads // tp, 1),
                     intermediate_size=div(m.intermediate_size), moe_intermediate_size=div(m.moe_intermediate_size),
                     shared_expert_intermediate_size=div(m.shared_expert_intermediate_size))
   return Local(rows=micro // split, seq=max(workload.seq_len // sp, 1), model=local, batch_replicas=replicas)

@@ -137,3 +137,12 @@ def test_long_rows_plan_the_ffn_in_sequence_chunks_when_that_is_what_fits():
   plan = make_plan(workload, 1, cpu_device(budget, 1))
   assert plan.best.candidate.ffn_chunk and plan.best.memory.total <= budget
   assert resolve_auto(config, 1, cpu_device(budget, 1))[0].model.ffn_chunk == plan.best.candidate.ffn_chunk
+
+
+def test_the_search_interpolates_a_chunked_ffn_from_two_traces(workload):
+  cfg, kind = traced_model(workload, "cpu", "full").replace(ffn_chunk=1024), LayerKind(True, 0)
+  path = acts.DispatchPath("sorted")
+  exact = acts.layer_memory(cfg, kind, "full", 2, 8192, path, exact=True)
+  approx = acts.layer_memory(cfg, kind, "full", 2, 8192, path, exact=False)
+  assert abs(approx[0].activations / exact[0].activations - 1) < 0.05
+  assert abs(approx[1] / exact[1] - 1) < 0.10
