@@ -99,8 +99,8 @@ def run_case(name: str, steps: int, timeout: float) -> dict:
 
 
 HEADER = ("| case | devices | predicted s | measured s | measured / predicted | model GFLOP per step (all devices) | "
-          "reached GFLOP/s | host matmul GFLOP/s: planner's / sustained | comm. predicted s | load avg |\n"
-          "|---|---|---|---|---|---|---|---|---|---|")
+          "reached GFLOP/s | host matmul GFLOP/s: planner's / sustained | reached / sustained | comm. predicted s | "
+          "load avg |\n|---|---|---|---|---|---|---|---|---|---|---|")
 
 
 def row(r: dict) -> str:
@@ -108,7 +108,8 @@ def row(r: dict) -> str:
   flops = r["model_flops_per_device"] * r["devices"]
   return (f"| {r['case']} | {r['devices']} | {r['predicted']:.3f} | {r['measured']:.3f} | "
           f"{r['measured'] / r['predicted']:.2f} | {flops / 1e9:.1f} | {flops / r['measured'] / 1e9:.1f} | "
-          f"{r['host_matmul_flops'] / 1e9:.1f} / {r['sustained_matmul_flops'] / 1e9:.1f} | {comm:.3f} | "
+          f"{r['host_matmul_flops'] / 1e9:.1f} / {r['sustained_matmul_flops'] / 1e9:.1f} | "
+          f"{flops / r['measured'] / r['sustained_matmul_flops']:.2f} | {comm:.3f} | "
           f"{r['load']:.1f} |")
 
 
@@ -118,12 +119,19 @@ def main(argv=None) -> int:
   p.add_argument("--steps", type=int, default=5, help="steps per case (the first is not timed)")
   p.add_argument("--timeout", type=float, default=900, help="seconds per case")
   p.add_argument("--json", action="store_true", help="also print each case's JSON")
+  p.add_argument("--from-json", default="", help="print the table of a --json run's output file instead")
   p.add_argument("--worker", default="", help=argparse.SUPPRESS)
   args = p.parse_args(argv)
   if args.worker:
     print(json.dumps(worker(args.worker, args.steps)), flush=True)
     return 0
   print(HEADER, flush=True)
+  if args.from_json:
+    with open(args.from_json) as f:
+      for line in f:
+        if line.startswith("{"):
+          print(row(json.loads(line)))
+    return 0
   for name in [n for n in args.only.split(",") if n] or DEFAULT_CASES:
     t0 = time.perf_counter()
     r = run_case(name, args.steps, args.timeout)
