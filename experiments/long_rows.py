@@ -195,6 +195,8 @@ def main(argv=None) -> int:
   reason = refused.get("refused", "NOT REFUSED: " + json.dumps(refused)).splitlines()[0]
   print(f"| chunked | {low} | refused: {reason} | | | | | | |")
   print(f"\nlargest loss difference between the two chunkings over {len(a['losses'])} steps: {diff:.3g}")
+  if "refused" in refused:
+    print("\nthe fit check's refusal of train.device_memory_gib=%s:\n> %s" % (low, refused["refused"].replace("\n", "\n> ")))
   return 0
 
 
