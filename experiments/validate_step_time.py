@@ -3,12 +3,13 @@ experiments/validate_plan.py (same models, meshes, remat policies; the fast ones
 small 8-device meshes).
 
 Predicted: `plan.timing.step_time` for the case's candidate on `plan.hardware.cpu_device` (the
-host's float32 matmul FLOP/s, measured once at 512x512, split over the simulated devices).
+host's sustained float32 matmul FLOP/s, measured once at 512x512, times the fraction of it a CPU
+step reaches, split over the simulated devices).
 Measured: the median step time of the Trainer's compiled step (steps after the first), in a
 subprocess with the case's number of simulated CPU devices. Also printed: the FLOP/s the step
 reached (the FLOPs model's count over the measured time, all devices) next to the host's matmul
-FLOP/s as the planner measures it (best of 5 bursts) and sustained over the same seconds as the
-step (mean of back-to-back matmuls for ~2 s, on a shared host the fair comparison), to tell a
+FLOP/s as the planner measures it (back-to-back matmuls for ~1 s) and sustained over the same
+seconds as the step (~2 s, on a shared host the fair comparison), to tell a
 wrong FLOP count or FLOP/s model from a busy host. (XLA's `cost_analysis()` counts a scanned
 layer's body once, not once per layer, so it is no check of the FLOP count here.)
 
