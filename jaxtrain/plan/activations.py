@@ -142,21 +142,31 @@ def _is_expert_weight(path, _value) -> bool:
   return len(keys) >= 2 and keys[-2] == "moe" and keys[-1] in _EXPERT_PARAMS
 
 
-def _layer_program(cfg: ModelConfig, kind: LayerKind, policy: str, rows: int, seq: int, path: DispatchPath):
+def as_unit(kind) -> tuple[LayerKind, ...]:
+  """A layer kind, or a stage's unit of layer kinds (what one step of its scan runs), as a unit."""
+  return (kind,) if isinstance(kind, LayerKind) else tuple(kind)
+
+
+def _layer_program(cfg: ModelConfig, kind, policy: str, rows: int, seq: int, path: DispatchPath):
   """(function, abstract arguments, their dependence flags, peers) of one step of the decoder's
-  layer scan on one device."""
-  block = nnx.eval_shape(lambda: Block(cfg, kind, rngs=nnx.Rngs(0)))
-  graphdef, experts, rest = nnx.split(block, _is_expert_weight, ...)
+  layer scan on one device: the stage's whole unit of layers (`kind`: one LayerKind or a tuple),
+  checkpointed as one body the way `decoder.Stage` does, so a unit's layers recompute and
+  backpropagate together."""
+  unit = as_unit(kind)
+  blocks = nnx.eval_shape(lambda: nnx.List([Block(cfg, k, rngs=nnx.Rngs(0)) for k in unit]))
+  graphdef, experts, rest = nnx.split(blocks, _is_expert_weight, ...)
   dtype = dtype_of(cfg.dtype)
-  P = path.peers if path.kind == "exchange" and kind.moe else 1
+  P = path.peers if path.kind == "exchange" and any(k.moe for k in unit) else 1
 
   def layer(experts, rest, x, tables):  # one step of the decoder's layer scan (models/decoder.py)
     cos, sin, seg, pos = tables
     x = checkpoint_name(x, "layer_input")
+    losses = 0.0
     with forced_dispatcher(path.dispatcher()):
-      y, aux, _ = nnx.merge(graphdef, experts, rest)(x, cos, sin, seg, pos, None)
-    losses = sum(jnp.sum(v) for k, v in aux.items() if k.endswith("loss"))
-    return y, losses
+      for block in nnx.merge(graphdef, experts, rest):
+        x, aux, _ = block(x, cos, sin, seg, pos, None)
+        losses = losses + sum(jnp.sum(v) for k, v in aux.items() if k.endswith("loss"))
+    return x, losses
 
   x = jax.ShapeDtypeStruct((rows, seq, cfg.hidden_size), dtype)
   ids = jax.ShapeDtypeStruct((rows, seq), jnp.int32)
@@ -175,7 +185,7 @@ def _layer_program(cfg: ModelConfig, kind: LayerKind, policy: str, rows: int, se
 
 
 @functools.lru_cache(maxsize=1024)
-def block_residuals(cfg: ModelConfig, kind: LayerKind, policy: str, rows: int, seq: int,
+def block_residuals(cfg: ModelConfig, kind: LayerKind | tuple[LayerKind, ...], policy: str, rows: int, seq: int,
                     path: DispatchPath = DispatchPath("blocks")) -> Residuals:
   """Residuals of one layer of `kind` (the real Block) under remat `policy`, for a micro-batch
   of `rows` x `seq` tokens on one device (`cfg` at one device's widths, all experts), its MoE
@@ -185,7 +195,7 @@ def block_residuals(cfg: ModelConfig, kind: LayerKind, policy: str, rows: int, s
 
 
 @functools.lru_cache(maxsize=1024)
-def block_peak(cfg: ModelConfig, kind: LayerKind, policy: str, rows: int, seq: int,
+def block_peak(cfg: ModelConfig, kind: LayerKind | tuple[LayerKind, ...], policy: str, rows: int, seq: int,
                path: DispatchPath = DispatchPath("blocks")) -> int:
   """Peak bytes above its inputs while one layer runs forward and backward on one device: its
   residuals, its backward's working set (recomputation, gradient temporaries, MoE dispatch
@@ -207,11 +217,12 @@ REFERENCE_TOKENS = 4096  # where `layer_memory` traces when it scales
 
 
 @functools.lru_cache(maxsize=256)
-def _layer_weight_bytes(cfg: ModelConfig, kind: LayerKind, path: DispatchPath) -> int:
-  """Bytes of one layer's weights at one device's widths (their gradients do not grow with
-  tokens)."""
-  block = nnx.eval_shape(lambda: Block(cfg, kind, rngs=nnx.Rngs(0)))
-  P = path.peers if path.kind == "exchange" and kind.moe else 1
+def _layer_weight_bytes(cfg: ModelConfig, kind, path: DispatchPath) -> int:
+  """Bytes of one layer's (or unit's) weights at one device's widths (their gradients do not
+  grow with tokens)."""
+  unit = as_unit(kind)
+  block = nnx.eval_shape(lambda: nnx.List([Block(cfg, k, rngs=nnx.Rngs(0)) for k in unit]))
+  P = path.peers if path.kind == "exchange" and any(k.moe for k in unit) else 1
   total = 0
   for path_, leaf in jax.tree_util.tree_flatten_with_path(nnx.state(block))[0]:
     size = _nbytes(leaf)
@@ -219,7 +230,7 @@ def _layer_weight_bytes(cfg: ModelConfig, kind: LayerKind, path: DispatchPath) -
   return total
 
 
-def layer_memory(cfg: ModelConfig, kind: LayerKind, policy: str, rows: int, seq: int, path: DispatchPath, *,
+def layer_memory(cfg: ModelConfig, kind: LayerKind | tuple[LayerKind, ...], policy: str, rows: int, seq: int, path: DispatchPath, *,
                  exact: bool = True) -> tuple[Residuals, int]:
   """(`block_residuals`, `block_peak`) of one layer. With `exact=False` both are scaled in the
   token count from one trace of a row of REFERENCE_TOKENS (activations, dispatch buffers and
@@ -238,5 +249,19 @@ def layer_memory(cfg: ModelConfig, kind: LayerKind, policy: str, rows: int, seq:
   return res, int(fixed + max(peak - fixed, 0) * scale)
 
 
-__all__ = ["DispatchPath", "REFERENCE_TOKENS", "Residuals", "block_peak", "block_residuals", "layer_memory",
-           "residuals_of"]
+def recomputed_bytes(cfg: ModelConfig, kind, policy: str, rows: int, seq: int, path: DispatchPath, *,
+                     exact: bool = True) -> int:
+  """Bytes of activations the backward pass of one layer (or unit) recomputes under `policy`:
+  what it would keep without remat, less what the policy keeps."""
+  if policy == "none":
+    return 0
+  if exact or cfg.attention_impl == "xla":
+    full = block_residuals(cfg, kind, "none", rows, seq, path).activations
+    kept = block_residuals(cfg, kind, policy, rows, seq, path).activations
+    return max(full - kept, 0)
+  scale = rows * seq / REFERENCE_TOKENS
+  return int(recomputed_bytes(cfg, kind, policy, 1, REFERENCE_TOKENS, path) * scale)
+
+
+__all__ = ["DispatchPath", "REFERENCE_TOKENS", "Residuals", "block_peak", "as_unit", "block_residuals", "layer_memory",
+           "recomputed_bytes", "residuals_of"]

@@ -41,7 +41,7 @@ class Memory:
   opt_state: int
   batch: int
   saved: int  # activations kept for the backward pass, all layers
-  saved_per_layer: tuple[tuple[str, int], ...]  # (layer kind, bytes) for each distinct kind
+  saved_per_layer: tuple[tuple[str, int], ...]  # (a stage's unit of layer kinds, bytes per repeat)
   layer_work: int  # the largest layer's backward working set (incl. dispatch buffers, gathered weights)
   moe_dispatch: int  # one MoE layer's routed-expert buffers at the worst routing (part of layer_work)
   gathered_weights: int  # one layer's weights + gradients gathered unsharded (part of layer_work)
@@ -122,25 +122,33 @@ def predict(workload: Workload, candidate: Candidate, platform: str, *, abstract
 
   saved = invariant = host = 0
   per_kind: dict[str, int] = {}
-  work = dispatch = gathered_max = 0
+  work = dispatch = gathered_max = hoisted = 0
   fsdp = candidate.mesh["fsdp"] * candidate.mesh["data"]
   for index, (unit, repeats) in enumerate(stages):
+    # One step of the stage's scan runs its whole unit of layers as one checkpointed body
+    # (models/decoder.Stage): the unit is what keeps residuals and what its backward recomputes.
+    res, peak = acts.layer_memory(local.model, unit, candidate.remat, local.rows, local.seq, path, exact=exact)
+    per_unit = res.activations + res.weights // fsdp + (res.offloaded if host_is_device else 0)
+    saved += repeats * per_unit
+    host += 0 if host_is_device else repeats * res.offloaded
+    invariant += res.invariant
+    per_kind[" + ".join(_kind_name(k) for k in unit)] = per_unit
+    # The unit's forward + backward run alone: its residuals, then its backward's working
+    # set with its weight gradients unsharded. Those land in the gradients' buffer directly
+    # when nothing shards them over fsdp; otherwise they are reduce-scattered from a
+    # temporary, and the forward gathers the weights in the compute dtype.
+    layer_params = state.layer_gathered.get(index, 0)
+    gathered = layer_params * s // 4 if fsdp > 1 else -layer_params
+    # A stage of one repeat is a scan XLA unrolls: nothing then orders its recomputation after the
+    # backward of the stages behind it, and XLA:CPU's scheduler runs it early, so its recomputed
+    # activations sit on top of the later stages' backward working sets (seen in the step's
+    # buffer live ranges: a first dense layer's rematerialised activations at a MoE layer's peak).
+    layer_work = max(int(BACKWARD_TEMPS * peak) - res.device, 0) + gathered + hoisted
+    if repeats == 1 and index < len(stages) - 1:
+      hoisted += acts.recomputed_bytes(local.model, unit, candidate.remat, local.rows, local.seq, path, exact=exact)
+    if layer_work > work:
+      work, gathered_max = layer_work, max(gathered, 0)
     for kind in unit:
-      res, peak = acts.layer_memory(local.model, kind, candidate.remat, local.rows, local.seq, path, exact=exact)
-      per_layer = res.activations + res.weights // fsdp + (res.offloaded if host_is_device else 0)
-      saved += repeats * per_layer
-      host += 0 if host_is_device else repeats * res.offloaded
-      invariant += res.invariant
-      per_kind[_kind_name(kind)] = per_layer
-      # The layer's forward + backward run alone: its residuals, then its backward's working
-      # set with its weight gradients unsharded. Those land in the gradients' buffer directly
-      # when nothing shards them over fsdp; otherwise they are reduce-scattered from a
-      # temporary, and the forward gathers the weights in the compute dtype.
-      layer_params = state.layer_gathered.get(index, 0) // len(unit)
-      gathered = layer_params * s // 4 if fsdp > 1 else -layer_params
-      layer_work = max(int(BACKWARD_TEMPS * peak) - res.device, 0) + gathered
-      if layer_work > work:
-        work, gathered_max = layer_work, max(gathered, 0)
       if kind.moe:
         dispatch = max(dispatch, dispatch_rows(cfg, path, local.tokens) * (cfg.hidden_size + 3 * (
             local.model.moe_intermediate_size)) * s)
