@@ -249,6 +249,33 @@ def layer_memory(cfg: ModelConfig, kind: LayerKind | tuple[LayerKind, ...], poli
   return res, int(fixed + max(peak - fixed, 0) * scale)
 
 
+@functools.lru_cache(maxsize=256)
+def _loss_peak(rows: int, seq: int, hidden: int, vocab: int, chunk: int, dtype: str) -> int:
+  from jaxtrain.train.loss import token_losses
+  h = jax.ShapeDtypeStruct((rows, seq, hidden), dtype_of(dtype))
+  w = jax.ShapeDtypeStruct((hidden, vocab), dtype_of(dtype))
+  targets = jax.ShapeDtypeStruct((rows, seq), jnp.int32)
+
+  def forward_backward(h, w, targets):
+    out, vjp = jax.vjp(lambda h, w: jnp.sum(token_losses(h, w, targets, vocab_chunk=chunk)), h, w)
+    return vjp(jnp.ones_like(out))
+
+  stats = jax.jit(forward_backward).lower(h, w, targets).compile().memory_analysis()
+  return int(stats.temp_size_in_bytes) + int(stats.output_size_in_bytes)
+
+
+def loss_peak(rows: int, seq: int, hidden: int, vocab: int, chunk: int, dtype: str, *, exact: bool = True) -> int:
+  """Peak bytes above its inputs of the chunked cross-entropy's forward + backward
+  (train/loss.py) on one device: the per-chunk fp32 logits, their softmax and gradient, the
+  hidden states' and head's gradients. XLA says, as for the layers (the loss compiled alone for
+  this host). With `exact=False`, scaled in the token count from REFERENCE_TOKENS."""
+  if exact:
+    return _loss_peak(rows, seq, hidden, vocab, chunk, dtype)
+  fixed = 2 * hidden * vocab * np.dtype(dtype_of(dtype)).itemsize  # the head and its gradient
+  ref = _loss_peak(1, REFERENCE_TOKENS, hidden, vocab, chunk, dtype)
+  return int(fixed + max(ref - fixed, 0) * rows * seq / REFERENCE_TOKENS)
+
+
 def recomputed_bytes(cfg: ModelConfig, kind, policy: str, rows: int, seq: int, path: DispatchPath, *,
                      exact: bool = True) -> int:
   """Bytes of activations the backward pass of one layer (or unit) recomputes under `policy`:
@@ -264,4 +291,4 @@ def recomputed_bytes(cfg: ModelConfig, kind, policy: str, rows: int, seq: int, p
 
 
 __all__ = ["DispatchPath", "REFERENCE_TOKENS", "Residuals", "block_peak", "as_unit", "block_residuals", "layer_memory",
-           "recomputed_bytes", "residuals_of"]
+           "loss_peak", "recomputed_bytes", "residuals_of"]

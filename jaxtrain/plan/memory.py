@@ -30,7 +30,6 @@ from jaxtrain.plan.workload import Candidate, Local, Workload, local_share, trac
 
 BACKWARD_TEMPS = 1.0  # scales the layer's compiled forward+backward peak (see the module docstring)
 UPDATE_TEMPS = 1.0  # AdamW's update: temporaries worth this many gradients
-LOGITS_COPIES = 4  # fp32 [tokens, chunk] buffers alive in the loss backward (logits, probs, their gradient)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,12 +154,13 @@ def predict(workload: Workload, candidate: Candidate, platform: str, *, abstract
 
   V, E = cfg.vocab_size, cfg.hidden_size
   chunk = min(candidate.vocab_chunk, V)
-  tp = candidate.mesh["tensor"]
-  width = chunk // tp if V % tp == 0 else chunk  # the LM head's vocabulary is split over tensor
-  # The loss keeps the final hidden states and, per vocabulary chunk, its running statistics
-  # (3 fp32 numbers per token); its backward holds LOGITS_COPIES [tokens, chunk] fp32 buffers.
-  n_chunks = -(-V // chunk)
-  loss = local.tokens * E * s + n_chunks * 3 * local.tokens * 4 + LOGITS_COPIES * local.tokens * width * 4
+  # The loss keeps the final hidden states; its forward + backward working set (per-chunk fp32
+  # logits, softmax, their gradient) is XLA's own, the loss compiled alone at one device's
+  # tokens. It scans over vocabulary chunks of the LM head (train/loss.py): a scan cannot walk an
+  # axis the tensor axis shards, so the SPMD partitioner gathers the head ("involuntary full
+  # rematerialization") and every device computes whole [tokens, chunk] logits over the whole
+  # vocabulary: the tensor axis does not shrink the loss.
+  loss = local.tokens * E * s + acts.loss_peak(local.rows, local.seq, E, V, chunk, cfg.dtype, exact=exact)
   # The embeddings' activations: the embedded tokens and the final hidden states (and their
   # gradients), the rotary tables; the embedding and LM head gathered over fsdp.
   embed = 4 * local.tokens * E * s + 2 * local.tokens * cfg.rope_dim * 4
