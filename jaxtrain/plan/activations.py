@@ -213,6 +213,25 @@ def block_peak(cfg: ModelConfig, kind: LayerKind | tuple[LayerKind, ...], policy
   return (int(stats.temp_size_in_bytes) + int(stats.output_size_in_bytes)) // P
 
 
+@functools.lru_cache(maxsize=1024)
+def block_forward_temps(cfg: ModelConfig, kind, policy: str, rows: int, seq: int,
+                        path: DispatchPath = DispatchPath("blocks")) -> int:
+  """Bytes of one layer's (or unit's) forward pass beyond its inputs and the residuals it
+  returns: the intermediates it does not keep, the transient working set the last layer's
+  forward adds to every residual saved so far (XLA's memory analysis of the forward alone)."""
+  fn, args, _, P = _layer_program(cfg, kind, policy, rows, seq, path)
+  stats = jax.jit(lambda *a: jax.vjp(fn, *a)).lower(*args).compile().memory_analysis()
+  return int(stats.temp_size_in_bytes) // P
+
+
+def forward_temps(cfg: ModelConfig, kind, policy: str, rows: int, seq: int, path: DispatchPath, *,
+                  exact: bool = True) -> int:
+  """`block_forward_temps`, scaled in the token count when not `exact` (as `layer_memory`)."""
+  if exact or cfg.attention_impl == "xla":
+    return block_forward_temps(cfg, kind, policy, rows, seq, path)
+  return int(block_forward_temps(cfg, kind, policy, 1, REFERENCE_TOKENS, path) * rows * seq / REFERENCE_TOKENS)
+
+
 REFERENCE_TOKENS = 4096  # where `layer_memory` traces when it scales
 
 
@@ -276,6 +295,38 @@ def loss_peak(rows: int, seq: int, hidden: int, vocab: int, chunk: int, dtype: s
   return int(fixed + max(ref - fixed, 0) * rows * seq / REFERENCE_TOKENS)
 
 
+def _vision_program(cfg: ModelConfig, rows: int, seq: int):
+  """(function, abstract arguments, flags) of a vision-language model's vision tower and projector
+  (`encode`) on one device's rows: the per-row vision inputs at the model's row capacity."""
+  from jaxtrain.models import factory
+  from jaxtrain.models.vision.inputs import model_shapes
+  graphdef, params, rest = factory.abstract_model(cfg)
+  inputs = {k: jax.ShapeDtypeStruct(shape, dtype) for k, (shape, dtype) in model_shapes(cfg, rows, seq).items()
+            if k != "rope_positions"}
+
+  def encode(params, inputs):
+    return nnx.merge(graphdef, params, rest).encode(inputs, rows)
+
+  return encode, (params, inputs), (_WEIGHT, _ACT)
+
+
+@functools.lru_cache(maxsize=64)
+def vision_memory(cfg: ModelConfig, rows: int, seq: int) -> tuple[Residuals, int]:
+  """(residuals, forward + backward peak) of a vision-language model's vision tower and projector
+  for `rows` rows of `seq` tokens on one device, as `block_residuals` / `block_peak` measure a
+  layer (the tower's own remat policy applies inside it). Its residuals stay alive through the
+  language model's forward and backward; its backward runs last."""
+  fn, args, kinds = _vision_program(cfg, rows, seq)
+  res = residuals_of(fn, args, kinds)
+
+  def forward_backward(*a):
+    out, vjp = jax.vjp(fn, *a)
+    return vjp(jax.tree.map(jnp.ones_like, out))
+
+  stats = jax.jit(forward_backward).lower(*args).compile().memory_analysis()
+  return res, int(stats.temp_size_in_bytes) + int(stats.output_size_in_bytes)
+
+
 def recomputed_bytes(cfg: ModelConfig, kind, policy: str, rows: int, seq: int, path: DispatchPath, *,
                      exact: bool = True) -> int:
   """Bytes of activations the backward pass of one layer (or unit) recomputes under `policy`:
@@ -290,5 +341,6 @@ def recomputed_bytes(cfg: ModelConfig, kind, policy: str, rows: int, seq: int, p
   return int(recomputed_bytes(cfg, kind, policy, 1, REFERENCE_TOKENS, path) * scale)
 
 
-__all__ = ["DispatchPath", "REFERENCE_TOKENS", "Residuals", "block_peak", "as_unit", "block_residuals", "layer_memory",
-           "loss_peak", "recomputed_bytes", "residuals_of"]
+__all__ = ["DispatchPath", "REFERENCE_TOKENS", "Residuals", "as_unit", "block_forward_temps", "block_peak",
+           "block_residuals", "forward_temps", "layer_memory", "loss_peak", "recomputed_bytes", "residuals_of",
+           "vision_memory"]

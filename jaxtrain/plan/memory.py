@@ -50,6 +50,9 @@ class Memory:
   host: int  # activations offloaded to host memory (offload policies)
   local_tokens: int  # tokens per device per micro-batch
   gathered_per_pass: int  # weight bytes (param dtype) gathered over fsdp per forward pass
+  loss_grads: int = 0  # gradients alive during the loss (embedding / head; the stages' come later)
+  loss_constants: int = 0  # the loss's [tokens, chunk] constants XLA materialises before the forward ends
+  forward_work: int = 0  # the largest layer's forward working set beyond its residuals (+ gathered weights)
 
   @property
   def state(self) -> int:
@@ -57,7 +60,11 @@ class Memory:
 
   @property
   def backward(self) -> int:
-    return self.grads + self.saved + max(self.layer_work, self.loss) + self.invariant
+    """The activations' peak, the largest of three moments: the last layer's forward (every
+    residual saved, the loss's constants already materialised), the loss's backward (the
+    stages' gradient buffers not allocated yet) and a layer's backward (all gradients)."""
+    return self.saved + self.invariant + max(self.forward_work + self.loss_constants,
+                                             self.loss_grads + self.loss, self.grads + self.layer_work)
 
   @property
   def optimizer(self) -> int:
@@ -121,7 +128,7 @@ def predict(workload: Workload, candidate: Candidate, platform: str, *, abstract
 
   saved = invariant = host = 0
   per_kind: dict[str, int] = {}
-  work = dispatch = gathered_max = hoisted = 0
+  work = dispatch = gathered_max = hoisted = forward_work = 0
   fsdp = candidate.mesh["fsdp"] * candidate.mesh["data"]
   for index, (unit, repeats) in enumerate(stages):
     # One step of the stage's scan runs its whole unit of layers as one checkpointed body
@@ -143,6 +150,8 @@ def predict(workload: Workload, candidate: Candidate, platform: str, *, abstract
     # activations sit on top of the later stages' backward working sets (seen in the step's
     # buffer live ranges: a first dense layer's rematerialised activations at a MoE layer's peak).
     layer_work = max(int(BACKWARD_TEMPS * peak) - res.device, 0) + gathered + hoisted
+    forward_work = max(forward_work, acts.forward_temps(local.model, unit, candidate.remat, local.rows, local.seq,
+                                                       path, exact=exact) + max(gathered, 0))
     if repeats == 1 and index < len(stages) - 1:
       hoisted += acts.recomputed_bytes(local.model, unit, candidate.remat, local.rows, local.seq, path, exact=exact)
     if layer_work > work:
@@ -152,25 +161,48 @@ def predict(workload: Workload, candidate: Candidate, platform: str, *, abstract
         dispatch = max(dispatch, dispatch_rows(cfg, path, local.tokens) * (cfg.hidden_size + 3 * (
             local.model.moe_intermediate_size)) * s)
 
+  if cfg.vision.enabled:
+    # A vision-language model's tower and projector run before the first layer: their residuals
+    # stay alive through the language model, and their backward comes last (its working set
+    # competes with a layer's).
+    res, peak = acts.vision_memory(cfg, local.rows, workload.seq_len)
+    saved += res.activations + res.weights // fsdp
+    invariant += res.invariant
+    per_kind["vision tower"] = res.activations + res.weights // fsdp
+    work = max(work, max(peak - res.device, 0))
+
   V, E = cfg.vocab_size, cfg.hidden_size
   chunk = min(candidate.vocab_chunk, V)
-  # The loss keeps the final hidden states; its forward + backward working set (per-chunk fp32
+  # The loss's forward + backward working set (per-chunk fp32
   # logits, softmax, their gradient) is XLA's own, the loss compiled alone at one device's
   # tokens. It scans over vocabulary chunks of the LM head (train/loss.py): a scan cannot walk an
   # axis the tensor axis shards, so the SPMD partitioner gathers the head ("involuntary full
   # rematerialization") and every device computes whole [tokens, chunk] logits over the whole
   # vocabulary: the tensor axis does not shrink the loss.
-  loss = local.tokens * E * s + acts.loss_peak(local.rows, local.seq, E, V, chunk, cfg.dtype, exact=exact)
-  # The embeddings' activations: the embedded tokens and the final hidden states (and their
-  # gradients), the rotary tables; the embedding and LM head gathered over fsdp.
-  embed = 4 * local.tokens * E * s + 2 * local.tokens * cfg.rope_dim * 4
-  embed += state.embed_gathered * s // 4 if fsdp > 1 else 0
+  # The final hidden states and their gradient are counted with the embeddings' activations below;
+  # the head's gradient lands in the gradients' buffer unless fsdp shards it (then it is a
+  # temporary, reduce-scattered).
+  # Its inputs (the final hidden states, the head gathered over fsdp) are alive with it; its
+  # outputs are the hidden states' gradient (then the layers' carried cotangent, counted below)
+  # and the head's gradient, which lands in the gradients' buffer unless fsdp shards it (then it
+  # is a temporary, reduce-scattered).
+  loss = acts.loss_peak(local.rows, local.seq, E, V, chunk, cfg.dtype, exact=exact)
+  loss += E * V * s if fsdp > 1 else -E * V * s
+  # XLA:CPU materialises the chunk mask's fill values ([tokens, chunk], -inf and 0) once, early,
+  # out of the loss's scan: alive from the forward pass on.
+  constants = 2 * local.tokens * chunk * 4
+  # Alive throughout: the layers' carried activation (the forward's, then its cotangent) and the
+  # rotary tables. The embedding table gathered over fsdp serves the lookup only (its backward is
+  # a scatter into the gradient); the head's gathered copy is the loss's.
+  embed = 2 * local.tokens * E * s + 2 * local.tokens * cfg.rope_dim * 4
   batch = 5 * local.tokens * 4
   return Memory(params=state.params, grads=state.grads, opt_state=state.opt_state, batch=batch, saved=saved,
                 saved_per_layer=tuple(per_kind.items()), layer_work=work, moe_dispatch=dispatch,
                 gathered_weights=gathered_max, loss=loss, invariant=invariant + embed,
                 update=int(UPDATE_TEMPS * state.grads), host=host, local_tokens=local.tokens,
-                gathered_per_pass=gathered_per_pass(state, stages) if fsdp > 1 else 0)
+                gathered_per_pass=gathered_per_pass(state, stages) if fsdp > 1 else 0,
+                loss_grads=min(state.embed_gathered // fsdp, state.grads), loss_constants=constants,
+                forward_work=forward_work)
 
 
 def gathered_per_pass(state: StateBytes, stages) -> int:
