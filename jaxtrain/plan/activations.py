@@ -1,5 +1,6 @@
-"""Activation memory of one decoder layer, from the real `Block` with the remat policy the
-decoder applies, at one device's shapes: the residuals its VJP keeps (JAX's own autodiff,
+"""Activation memory of one step of a stage's layer scan (its unit of layer kinds, one or more
+real `Block`s, checkpointed together with the remat policy as `decoder.Stage` does), at one
+device's shapes: the residuals its VJP keeps (JAX's own autodiff,
 traced: the activations the scanned forward pass stacks for the backward pass) and the peak of
 its forward + backward pass (the layer alone compiled by XLA for this host; nothing runs or is
 allocated). This works at any size and for any architecture the model code can express (a new

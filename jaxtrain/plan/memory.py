@@ -2,21 +2,24 @@
 
     peak = state + max(backward, optimizer)
     state     = parameters + optimizer state + the batch          (exact, from the shardings)
-    backward  = gradients + saved activations of every layer
-                + max(one layer's backward working set, the loss's working set) + invariants
+    backward  = saved activations of every layer + invariants + the largest of three moments:
+                the last layer's forward   its forward working set + the loss's constants
+                the loss's backward        the loss's working set + the embedding / head gradients
+                a layer's backward         its backward working set + all gradients
     optimizer = gradients + the update's temporaries
 
-The saved activations are what JAX's autodiff keeps per layer under the remat policy
-(plan/activations.py traces the real layer at one device's shapes). A layer's backward working
-set is what recomputing it (remat) re-creates, the gradient buffers of its activations, its
-MoE dispatch buffers at the worst routing, and its weights and their gradients gathered
-unsharded (fsdp). The loss works on one vocabulary chunk of fp32 logits at a time.
+The saved activations are what JAX's autodiff keeps per scan step under the remat policy
+(plan/activations.py traces the stage's real unit of layers at one device's shapes). The working
+sets are XLA's own: the unit's forward, its forward + backward, and the chunked loss, each
+compiled alone for this host (memory_analysis), plus the unit's weights and gradients gathered
+unsharded (fsdp); MoE dispatch buffers at the worst routing are inside the compiled unit. A
+stage of one repeat (a first dense layer) is unrolled by XLA, whose scheduler then runs its
+recomputation early: its recomputed activations count on the later stages' backward.
 
-The two constants below are the only fitted numbers: how much of a layer's forward residuals
-its backward holds at once besides them, and the update's temporaries in units of the
-gradients. They were fitted on XLA:CPU (experiments/validate_plan.py, whose table in
-experiments/RESULTS.md shows the fit across dense, MoE, MLA and GPT-OSS-style models, every remat
-policy and 8-device meshes); XLA:GPU schedules differently, which the GPU check measures.
+What it does not model: XLA packs buffers into one heap, and the heap (what memory_analysis
+reports) can exceed the peak of live bytes (measured up to ~18 % on XLA:CPU for remat "none";
+experiments/validate_plan.py and experiments/RESULTS.md). The two constants below scale the
+compiled figures and are 1 (no fit); XLA:GPU schedules differently, which the GPU check measures.
 """
 
 from __future__ import annotations
