@@ -1,8 +1,9 @@
 """The planner's predicted per-device peak vs XLA's own (`compiled.memory_analysis()` of the real
 train step, compiled for 8 simulated CPU devices; nothing is run), over dense, MoE, MLA
-(DeepSeek-style), GPT-OSS-style and vision-language (Qwen3-VL-MoE-style) models at scaled-down widths, sequence lengths 256 to 64k,
-the remat policies XLA:CPU compiles faithfully (none, full, save_dots, save_attention_out; host
-offload is a no-op on the CPU, whose host memory is its device memory) and several meshes.
+(DeepSeek-style), GPT-OSS-style and vision-language (Qwen3-VL-MoE-style) models at scaled-down
+widths, sequence lengths 256 to 64k, every remat policy (none, full, save_dots,
+save_attention_out, and the host-offload ones, whose host memory on the CPU is its device
+memory) and several meshes.
 (Predicted vs measured step time is not compared here yet.)
 
     python experiments/validate_plan.py                   # the table for experiments/RESULTS.md
@@ -82,6 +83,12 @@ CASES = {
     "gptoss-ep2-4k-dots": ("gptoss", 8, {"fsdp": 4, "expert": 2}, "save_dots", 4096, 8, {}),
     "gptoss-data2-16k-full": ("gptoss", 8, {"data": 2, "fsdp": 4}, "full", 16384, 8, {}),
     "gptoss-fsdp8-64k-attnout": ("gptoss", 8, {"fsdp": 8}, "save_attention_out", 65536, 8, {}),
+    # Host offload: on the CPU the host memory is the device memory, so the offloaded residuals
+    # stay in the same heap (the planner counts them there for platform "cpu").
+    "dense-fsdp8-1k-offdots": ("dense", 8, {"fsdp": 8}, "offload_dots", 1024, 8, {}),
+    "mla-data2-4k-offdots": ("mla", 8, {"data": 2, "fsdp": 4}, "offload_dots", 4096, 8, {}),
+    "moe-fsdp8-1k-offinput": ("moe", 8, {"fsdp": 8}, "offload_input", 1024, 8, {}),
+    "gptoss-fsdp8-4k-offinput": ("gptoss", 8, {"fsdp": 8}, "offload_input", 4096, 8, {}),
     "vlm-fsdp8-1k": ("vlm", 8, {"fsdp": 8}, "none", 1024, 8, {}),
     "vlm-ep2-4k-dots": ("vlm", 8, {"fsdp": 4, "expert": 2}, "save_dots", 4096, 8, {}),
     "vlm-data2-4k-full": ("vlm", 8, {"data": 2, "fsdp": 4}, "full", 4096, 8, {}),
