@@ -1,8 +1,9 @@
 """The planner's predicted per-device peak vs XLA's own (`compiled.memory_analysis()` of the real
 train step, compiled for 8 simulated CPU devices; nothing is run), over dense, MoE, MLA
-(DeepSeek-style) and GPT-OSS-style models at scaled-down widths, sequence lengths 256 to 64k,
-the remat policies XLA:CPU compiles faithfully (none, full, save_dots, save_attention_out; host
-offload is a no-op on the CPU, whose host memory is its device memory) and several meshes.
+(DeepSeek-style), GPT-OSS-style and vision-language (Qwen3-VL-MoE-style) models at scaled-down
+widths, sequence lengths 256 to 64k, every remat policy (none, full, save_dots,
+save_attention_out, and the host-offload ones, whose host memory on the CPU is its device
+memory) and several meshes.
 (Predicted vs measured step time is not compared here yet.)
 
     python experiments/validate_plan.py                   # the table for experiments/RESULTS.md
@@ -15,6 +16,7 @@ breakdown (state, saved activations, largest layer backward, loss).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -46,6 +48,16 @@ FAMILIES = {
                    sliding_window=128, layer_types=("sliding_attention", "full_attention") * 2, num_experts=16,
                    num_experts_per_tok=4, moe_intermediate_size=128, router="topk_softmax", expert_bias=True,
                    expert_activation="clamped_swiglu", norm_topk_prob=False),
+    # Qwen3-VL-MoE-style vision-language model: the rope_vit tower (2D rotary attention per image,
+    # 2x2 patch merger, DeepStack into the first two layers), multimodal rotary positions and the
+    # Qwen3-MoE language model above. Each row carries 1024 patch slots (256 merged tokens).
+    "vlm": dict(arch="qwen3_vl_moe", vocab_size=8192, hidden_size=256, num_layers=4, num_heads=8, num_kv_heads=4,
+                head_dim=32, mrope_section=(8, 4, 4), num_experts=16, num_experts_per_tok=4,
+                moe_intermediate_size=128, router="softmax_topk", norm_topk_prob=True,
+                vision=dict(tower="rope_vit", hidden_size=128, num_layers=4, num_heads=4, intermediate_size=512,
+                            activation="gelu_tanh", patch_size=16, temporal_patch_size=2, spatial_merge_size=2,
+                            num_position_embeddings=64, deepstack_layers=(0, 1), image_token_id=8190,
+                            video_token_id=8191, row_capacity=1024)),
 }
 
 # name: (family, devices, mesh, remat, seq_len, global_batch, extra model fields)
@@ -71,6 +83,15 @@ CASES = {
     "gptoss-ep2-4k-dots": ("gptoss", 8, {"fsdp": 4, "expert": 2}, "save_dots", 4096, 8, {}),
     "gptoss-data2-16k-full": ("gptoss", 8, {"data": 2, "fsdp": 4}, "full", 16384, 8, {}),
     "gptoss-fsdp8-64k-attnout": ("gptoss", 8, {"fsdp": 8}, "save_attention_out", 65536, 8, {}),
+    # Host offload: on the CPU the host memory is the device memory, so the offloaded residuals
+    # stay in the same heap (the planner counts them there for platform "cpu").
+    "dense-fsdp8-1k-offdots": ("dense", 8, {"fsdp": 8}, "offload_dots", 1024, 8, {}),
+    "mla-data2-4k-offdots": ("mla", 8, {"data": 2, "fsdp": 4}, "offload_dots", 4096, 8, {}),
+    "moe-fsdp8-1k-offinput": ("moe", 8, {"fsdp": 8}, "offload_input", 1024, 8, {}),
+    "gptoss-fsdp8-4k-offinput": ("gptoss", 8, {"fsdp": 8}, "offload_input", 4096, 8, {}),
+    "vlm-fsdp8-1k": ("vlm", 8, {"fsdp": 8}, "none", 1024, 8, {}),
+    "vlm-ep2-4k-dots": ("vlm", 8, {"fsdp": 4, "expert": 2}, "save_dots", 4096, 8, {}),
+    "vlm-data2-4k-full": ("vlm", 8, {"data": 2, "fsdp": 4}, "full", 4096, 8, {}),
 }
 
 
@@ -94,11 +115,43 @@ def run_case(name: str) -> dict:
   predicted = plan_memory.predict(Workload.from_config(config), candidate_from_config(config), "cpu")
   plan_s = time.perf_counter() - t0
   t0 = time.perf_counter()
-  compiled, _ = compile_train_step(config, devices=jax.devices()[:devices])
+  with vision_batch(config):
+    compiled, _ = compile_train_step(config, devices=jax.devices()[:devices])
   compile_s = time.perf_counter() - t0
   xla = step_memory(compiled)
   return {"case": name, "predicted": predicted.total, "xla": xla.peak, "error": predicted.total / xla.peak - 1,
           "breakdown": predicted.as_dict(), "xla_parts": xla.as_dict(), "plan_s": plan_s, "compile_s": compile_s}
+
+
+@contextlib.contextmanager
+def vision_batch(config):
+  """For a vision-language model, the compiled step's abstract batch also carries the per-row
+  vision inputs the trainer feeds it (models/vision/inputs.model_shapes, sharded by rows like the
+  text); `compile_train_step` builds the text keys only."""
+  from jaxtrain.models.config import ModelConfig
+  from jaxtrain.models.vision import inputs as vision_inputs
+  from jaxtrain.parallel.rules import logical_to_spec
+  from jaxtrain.train import compiled as compiled_lib
+  cfg = ModelConfig.from_config(config.model, config.kernels)
+  if not cfg.vision.enabled:
+    yield
+    return
+  text_batch = compiled_lib.abstract_batch
+
+  def with_vision(config, mesh):
+    import jax
+    batch, shardings = text_batch(config, mesh)
+    B, T = config.train.global_batch, config.data.seq_len
+    for k, (shape, dtype) in vision_inputs.model_shapes(cfg, B, T).items():
+      sharding = jax.sharding.NamedSharding(mesh, logical_to_spec(vision_inputs.input_axes(k, len(shape)), shape, mesh))
+      batch[k], shardings[k] = jax.ShapeDtypeStruct(shape, dtype, sharding=sharding), sharding
+    return batch, shardings
+
+  compiled_lib.abstract_batch = with_vision
+  try:
+    yield
+  finally:
+    compiled_lib.abstract_batch = text_batch
 
 
 def row(r: dict) -> str:

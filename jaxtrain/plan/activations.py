@@ -1,5 +1,6 @@
-"""Activation memory of one decoder layer, from the real `Block` with the remat policy the
-decoder applies, at one device's shapes: the residuals its VJP keeps (JAX's own autodiff,
+"""Activation memory of one step of a stage's layer scan (its unit of layer kinds, one or more
+real `Block`s, checkpointed together with the remat policy as `decoder.Stage` does), at one
+device's shapes: the residuals its VJP keeps (JAX's own autodiff,
 traced: the activations the scanned forward pass stacks for the backward pass) and the peak of
 its forward + backward pass (the layer alone compiled by XLA for this host; nothing runs or is
 allocated). This works at any size and for any architecture the model code can express (a new
@@ -180,21 +181,31 @@ def _is_expert_weight(path, _value) -> bool:
   return len(keys) >= 2 and keys[-2] == "moe" and keys[-1] in _EXPERT_PARAMS
 
 
-def _layer_program(cfg: ModelConfig, kind: LayerKind, policy: str, rows: int, seq: int, path: DispatchPath):
+def as_unit(kind) -> tuple[LayerKind, ...]:
+  """A layer kind, or a stage's unit of layer kinds (what one step of its scan runs), as a unit."""
+  return (kind,) if isinstance(kind, LayerKind) else tuple(kind)
+
+
+def _layer_program(cfg: ModelConfig, kind, policy: str, rows: int, seq: int, path: DispatchPath):
   """(function, abstract arguments, their dependence flags, peers) of one step of the decoder's
-  layer scan on one device."""
-  block = nnx.eval_shape(lambda: Block(cfg, kind, rngs=nnx.Rngs(0)))
-  graphdef, experts, rest = nnx.split(block, _is_expert_weight, ...)
+  layer scan on one device: the stage's whole unit of layers (`kind`: one LayerKind or a tuple),
+  checkpointed as one body the way `decoder.Stage` does, so a unit's layers recompute and
+  backpropagate together."""
+  unit = as_unit(kind)
+  blocks = nnx.eval_shape(lambda: nnx.List([Block(cfg, k, rngs=nnx.Rngs(0)) for k in unit]))
+  graphdef, experts, rest = nnx.split(blocks, _is_expert_weight, ...)
   dtype = dtype_of(cfg.dtype)
-  P = path.peers if path.kind == "exchange" and kind.moe else 1
+  P = path.peers if path.kind == "exchange" and any(k.moe for k in unit) else 1
 
   def layer(experts, rest, x, tables):  # one step of the decoder's layer scan (models/decoder.py)
     cos, sin, seg, pos = tables
     x = checkpoint_name(x, "layer_input")
+    losses = 0.0
     with forced_dispatcher(path.dispatcher()):
-      y, aux, _ = nnx.merge(graphdef, experts, rest)(x, cos, sin, seg, pos, None)
-    losses = sum(jnp.sum(v) for k, v in aux.items() if k.endswith("loss"))
-    return y, losses
+      for block in nnx.merge(graphdef, experts, rest):
+        x, aux, _ = block(x, cos, sin, seg, pos, None)
+        losses = losses + sum(jnp.sum(v) for k, v in aux.items() if k.endswith("loss"))
+    return x, losses
 
   x = jax.ShapeDtypeStruct((rows, seq, cfg.hidden_size), dtype)
   ids = jax.ShapeDtypeStruct((rows, seq), jnp.int32)
@@ -213,7 +224,7 @@ def _layer_program(cfg: ModelConfig, kind: LayerKind, policy: str, rows: int, se
 
 
 @functools.lru_cache(maxsize=1024)
-def block_residuals(cfg: ModelConfig, kind: LayerKind, policy: str, rows: int, seq: int,
+def block_residuals(cfg: ModelConfig, kind: LayerKind | tuple[LayerKind, ...], policy: str, rows: int, seq: int,
                     path: DispatchPath = DispatchPath("blocks")) -> Residuals:
   """Residuals of one layer of `kind` (the real Block) under remat `policy`, for a micro-batch
   of `rows` x `seq` tokens on one device (`cfg` at one device's widths, all experts), its MoE
@@ -223,7 +234,7 @@ def block_residuals(cfg: ModelConfig, kind: LayerKind, policy: str, rows: int, s
 
 
 @functools.lru_cache(maxsize=1024)
-def block_peak(cfg: ModelConfig, kind: LayerKind, policy: str, rows: int, seq: int,
+def block_peak(cfg: ModelConfig, kind: LayerKind | tuple[LayerKind, ...], policy: str, rows: int, seq: int,
                path: DispatchPath = DispatchPath("blocks")) -> int:
   """Peak bytes above its inputs while one layer runs forward and backward on one device: its
   residuals, its backward's working set (recomputation, gradient temporaries, MoE dispatch
@@ -241,15 +252,35 @@ def block_peak(cfg: ModelConfig, kind: LayerKind, policy: str, rows: int, seq: i
   return (int(stats.temp_size_in_bytes) + int(stats.output_size_in_bytes)) // P
 
 
+@functools.lru_cache(maxsize=1024)
+def block_forward_temps(cfg: ModelConfig, kind, policy: str, rows: int, seq: int,
+                        path: DispatchPath = DispatchPath("blocks")) -> int:
+  """Bytes of one layer's (or unit's) forward pass beyond its inputs and the residuals it
+  returns: the intermediates it does not keep, the transient working set the last layer's
+  forward adds to every residual saved so far (XLA's memory analysis of the forward alone)."""
+  fn, args, _, P = _layer_program(cfg, kind, policy, rows, seq, path)
+  stats = jax.jit(lambda *a: jax.vjp(fn, *a)).lower(*args).compile().memory_analysis()
+  return int(stats.temp_size_in_bytes) // P
+
+
+def forward_temps(cfg: ModelConfig, kind, policy: str, rows: int, seq: int, path: DispatchPath, *,
+                  exact: bool = True) -> int:
+  """`block_forward_temps`, scaled in the token count when not `exact` (as `layer_memory`)."""
+  if exact or cfg.attention_impl == "xla":
+    return block_forward_temps(cfg, kind, policy, rows, seq, path)
+  return int(block_forward_temps(cfg, kind, policy, 1, REFERENCE_TOKENS, path) * rows * seq / REFERENCE_TOKENS)
+
+
 REFERENCE_TOKENS = 4096  # where `layer_memory` traces when it scales
 
 
 @functools.lru_cache(maxsize=256)
-def _layer_weight_bytes(cfg: ModelConfig, kind: LayerKind, path: DispatchPath) -> int:
-  """Bytes of one layer's weights at one device's widths (their gradients do not grow with
-  tokens)."""
-  block = nnx.eval_shape(lambda: Block(cfg, kind, rngs=nnx.Rngs(0)))
-  P = path.peers if path.kind == "exchange" and kind.moe else 1
+def _layer_weight_bytes(cfg: ModelConfig, kind, path: DispatchPath) -> int:
+  """Bytes of one layer's (or unit's) weights at one device's widths (their gradients do not
+  grow with tokens)."""
+  unit = as_unit(kind)
+  block = nnx.eval_shape(lambda: nnx.List([Block(cfg, k, rngs=nnx.Rngs(0)) for k in unit]))
+  P = path.peers if path.kind == "exchange" and any(k.moe for k in unit) else 1
   total = 0
   for path_, leaf in jax.tree_util.tree_flatten_with_path(nnx.state(block))[0]:
     size = _nbytes(leaf)
@@ -257,7 +288,7 @@ def _layer_weight_bytes(cfg: ModelConfig, kind: LayerKind, path: DispatchPath) -
   return total
 
 
-def layer_memory(cfg: ModelConfig, kind: LayerKind, policy: str, rows: int, seq: int, path: DispatchPath, *,
+def layer_memory(cfg: ModelConfig, kind: LayerKind | tuple[LayerKind, ...], policy: str, rows: int, seq: int, path: DispatchPath, *,
                  exact: bool = True) -> tuple[Residuals, int]:
   """(`block_residuals`, `block_peak`) of one layer. With `exact=False` both are scaled in the
   token count from one trace of a row of REFERENCE_TOKENS (activations, dispatch buffers and
@@ -291,5 +322,79 @@ def layer_memory(cfg: ModelConfig, kind: LayerKind, policy: str, rows: int, seq:
   return res, peak
 
 
-__all__ = ["DispatchPath", "REFERENCE_TOKENS", "Residuals", "block_peak", "block_residuals", "layer_memory",
-           "residuals_of"]
+@functools.lru_cache(maxsize=256)
+def _loss_peak(rows: int, seq: int, hidden: int, vocab: int, chunk: int, dtype: str) -> int:
+  from jaxtrain.train.loss import token_losses
+  h = jax.ShapeDtypeStruct((rows, seq, hidden), dtype_of(dtype))
+  w = jax.ShapeDtypeStruct((hidden, vocab), dtype_of(dtype))
+  targets = jax.ShapeDtypeStruct((rows, seq), jnp.int32)
+
+  def forward_backward(h, w, targets):
+    out, vjp = jax.vjp(lambda h, w: jnp.sum(token_losses(h, w, targets, vocab_chunk=chunk)), h, w)
+    return vjp(jnp.ones_like(out))
+
+  stats = jax.jit(forward_backward).lower(h, w, targets).compile().memory_analysis()
+  return int(stats.temp_size_in_bytes) + int(stats.output_size_in_bytes)
+
+
+def loss_peak(rows: int, seq: int, hidden: int, vocab: int, chunk: int, dtype: str, *, exact: bool = True) -> int:
+  """Peak bytes above its inputs of the chunked cross-entropy's forward + backward
+  (train/loss.py) on one device: the per-chunk fp32 logits, their softmax and gradient, the
+  hidden states' and head's gradients. XLA says, as for the layers (the loss compiled alone for
+  this host). With `exact=False`, scaled in the token count from REFERENCE_TOKENS."""
+  if exact:
+    return _loss_peak(rows, seq, hidden, vocab, chunk, dtype)
+  fixed = 2 * hidden * vocab * np.dtype(dtype_of(dtype)).itemsize  # the head and its gradient
+  ref = _loss_peak(1, REFERENCE_TOKENS, hidden, vocab, chunk, dtype)
+  return int(fixed + max(ref - fixed, 0) * rows * seq / REFERENCE_TOKENS)
+
+
+def _vision_program(cfg: ModelConfig, rows: int, seq: int):
+  """(function, abstract arguments, flags) of a vision-language model's vision tower and projector
+  (`encode`) on one device's rows: the per-row vision inputs at the model's row capacity."""
+  from jaxtrain.models import factory
+  from jaxtrain.models.vision.inputs import model_shapes
+  graphdef, params, rest = factory.abstract_model(cfg)
+  inputs = {k: jax.ShapeDtypeStruct(shape, dtype) for k, (shape, dtype) in model_shapes(cfg, rows, seq).items()
+            if k != "rope_positions"}
+
+  def encode(params, inputs):
+    return nnx.merge(graphdef, params, rest).encode(inputs, rows)
+
+  return encode, (params, inputs), (_WEIGHT, _ACT)
+
+
+@functools.lru_cache(maxsize=64)
+def vision_memory(cfg: ModelConfig, rows: int, seq: int) -> tuple[Residuals, int]:
+  """(residuals, forward + backward peak) of a vision-language model's vision tower and projector
+  for `rows` rows of `seq` tokens on one device, as `block_residuals` / `block_peak` measure a
+  layer (the tower's own remat policy applies inside it). Its residuals stay alive through the
+  language model's forward and backward; its backward runs last."""
+  fn, args, kinds = _vision_program(cfg, rows, seq)
+  res = residuals_of(fn, args, kinds)
+
+  def forward_backward(*a):
+    out, vjp = jax.vjp(fn, *a)
+    return vjp(jax.tree.map(jnp.ones_like, out))
+
+  stats = jax.jit(forward_backward).lower(*args).compile().memory_analysis()
+  return res, int(stats.temp_size_in_bytes) + int(stats.output_size_in_bytes)
+
+
+def recomputed_bytes(cfg: ModelConfig, kind, policy: str, rows: int, seq: int, path: DispatchPath, *,
+                     exact: bool = True) -> int:
+  """Bytes of activations the backward pass of one layer (or unit) recomputes under `policy`:
+  what it would keep without remat, less what the policy keeps."""
+  if policy == "none":
+    return 0
+  if exact or cfg.attention_impl == "xla":
+    full = block_residuals(cfg, kind, "none", rows, seq, path).activations
+    kept = block_residuals(cfg, kind, policy, rows, seq, path).activations
+    return max(full - kept, 0)
+  scale = rows * seq / REFERENCE_TOKENS
+  return int(recomputed_bytes(cfg, kind, policy, 1, REFERENCE_TOKENS, path) * scale)
+
+
+__all__ = ["DispatchPath", "REFERENCE_TOKENS", "Residuals", "as_unit", "block_forward_temps", "block_peak",
+           "block_residuals", "forward_temps", "layer_memory", "loss_peak", "recomputed_bytes", "residuals_of",
+           "vision_memory"]

@@ -2,21 +2,24 @@
 
     peak = state + max(backward, optimizer)
     state     = parameters + optimizer state + the batch          (exact, from the shardings)
-    backward  = gradients + saved activations of every layer
-                + max(one layer's backward working set, the loss's working set) + invariants
+    backward  = saved activations of every layer + invariants + the largest of three moments:
+                the last layer's forward   its forward working set + the loss's constants
+                the loss's backward        the loss's working set + the embedding / head gradients
+                a layer's backward         its backward working set + all gradients
     optimizer = gradients + the update's temporaries
 
-The saved activations are what JAX's autodiff keeps per layer under the remat policy
-(plan/activations.py traces the real layer at one device's shapes). A layer's backward working
-set is what recomputing it (remat) re-creates, the gradient buffers of its activations, its
-MoE dispatch buffers at the worst routing, and its weights and their gradients gathered
-unsharded (fsdp). The loss works on one vocabulary chunk of fp32 logits at a time.
+The saved activations are what JAX's autodiff keeps per scan step under the remat policy
+(plan/activations.py traces the stage's real unit of layers at one device's shapes). The working
+sets are XLA's own: the unit's forward, its forward + backward, and the chunked loss, each
+compiled alone for this host (memory_analysis), plus the unit's weights and gradients gathered
+unsharded (fsdp); MoE dispatch buffers at the worst routing are inside the compiled unit. A
+stage of one repeat (a first dense layer) is unrolled by XLA, whose scheduler then runs its
+recomputation early: its recomputed activations count on the later stages' backward.
 
-The two constants below are the only fitted numbers: how much of a layer's forward residuals
-its backward holds at once besides them, and the update's temporaries in units of the
-gradients. They were fitted on XLA:CPU (experiments/validate_plan.py, whose table in
-experiments/RESULTS.md shows the fit across dense, MoE, MLA and GPT-OSS-style models, every remat
-policy and 8-device meshes); XLA:GPU schedules differently, which the GPU check measures.
+What it does not model: XLA packs buffers into one heap, and the heap (what memory_analysis
+reports) can exceed the peak of live bytes (measured up to ~18 % on XLA:CPU for remat "none";
+experiments/validate_plan.py and experiments/RESULTS.md). The two constants below scale the
+compiled figures and are 1 (no fit); XLA:GPU schedules differently, which the GPU check measures.
 """
 
 from __future__ import annotations
@@ -30,7 +33,6 @@ from jaxtrain.plan.workload import Candidate, Local, Workload, local_share, trac
 
 BACKWARD_TEMPS = 1.0  # scales the layer's compiled forward+backward peak (see the module docstring)
 UPDATE_TEMPS = 1.0  # AdamW's update: temporaries worth this many gradients
-LOGITS_COPIES = 4  # fp32 [tokens, chunk] buffers alive in the loss backward (logits, probs, their gradient)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,7 +43,7 @@ class Memory:
   opt_state: int
   batch: int
   saved: int  # activations kept for the backward pass, all layers
-  saved_per_layer: tuple[tuple[str, int], ...]  # (layer kind, bytes) for each distinct kind
+  saved_per_layer: tuple[tuple[str, int], ...]  # (a stage's unit of layer kinds, bytes per repeat)
   layer_work: int  # the largest layer's backward working set (incl. dispatch buffers, gathered weights)
   moe_dispatch: int  # one MoE layer's routed-expert buffers at the worst routing (part of layer_work)
   gathered_weights: int  # one layer's weights + gradients gathered unsharded (part of layer_work)
@@ -51,6 +53,9 @@ class Memory:
   host: int  # activations offloaded to host memory (offload policies)
   local_tokens: int  # tokens per device per micro-batch
   gathered_per_pass: int  # weight bytes (param dtype) gathered over fsdp per forward pass
+  loss_grads: int = 0  # gradients alive during the loss (embedding / head; the stages' come later)
+  loss_constants: int = 0  # the loss's [tokens, chunk] constants XLA materialises before the forward ends
+  forward_work: int = 0  # the largest layer's forward working set beyond its residuals (+ gathered weights)
 
   @property
   def state(self) -> int:
@@ -58,7 +63,11 @@ class Memory:
 
   @property
   def backward(self) -> int:
-    return self.grads + self.saved + max(self.layer_work, self.loss) + self.invariant
+    """The activations' peak, the largest of three moments: the last layer's forward (every
+    residual saved, the loss's constants already materialised), the loss's backward (the
+    stages' gradient buffers not allocated yet) and a layer's backward (all gradients)."""
+    return self.saved + self.invariant + max(self.forward_work + self.loss_constants,
+                                             self.loss_grads + self.loss, self.grads + self.layer_work)
 
   @property
   def optimizer(self) -> int:
@@ -123,49 +132,83 @@ def predict(workload: Workload, candidate: Candidate, platform: str, *, abstract
 
   saved = invariant = host = 0
   per_kind: dict[str, int] = {}
-  work = dispatch = gathered_max = 0
+  work = dispatch = gathered_max = hoisted = forward_work = 0
   fsdp = candidate.mesh["fsdp"] * candidate.mesh["data"]
   chunk = local.model.ffn_chunk
   chunked_tokens = local.rows * chunk if chunk and chunk < local.seq else local.tokens  # one FFN call's tokens
   for index, (unit, repeats) in enumerate(stages):
+    # One step of the stage's scan runs its whole unit of layers as one checkpointed body
+    # (models/decoder.Stage): the unit is what keeps residuals and what its backward recomputes.
+    res, peak = acts.layer_memory(local.model, unit, candidate.remat, local.rows, local.seq, path, exact=exact)
+    per_unit = res.activations + res.weights // fsdp + (res.offloaded if host_is_device else 0)
+    saved += repeats * per_unit
+    host += 0 if host_is_device else repeats * res.offloaded
+    invariant += res.invariant
+    per_kind[" + ".join(_kind_name(k) for k in unit)] = per_unit
+    # The unit's forward + backward run alone: its residuals, then its backward's working
+    # set with its weight gradients unsharded. Those land in the gradients' buffer directly
+    # when nothing shards them over fsdp; otherwise they are reduce-scattered from a
+    # temporary, and the forward gathers the weights in the compute dtype.
+    layer_params = state.layer_gathered.get(index, 0)
+    gathered = layer_params * s // 4 if fsdp > 1 else -layer_params
+    # A stage of one repeat is a scan XLA unrolls: nothing then orders its recomputation after the
+    # backward of the stages behind it, and XLA:CPU's scheduler runs it early, so its recomputed
+    # activations sit on top of the later stages' backward working sets (seen in the step's
+    # buffer live ranges: a first dense layer's rematerialised activations at a MoE layer's peak).
+    layer_work = max(int(BACKWARD_TEMPS * peak) - res.device, 0) + gathered + hoisted
+    forward_work = max(forward_work, acts.forward_temps(local.model, unit, candidate.remat, local.rows, local.seq,
+                                                       path, exact=exact) + max(gathered, 0))
+    if repeats == 1 and index < len(stages) - 1:
+      hoisted += acts.recomputed_bytes(local.model, unit, candidate.remat, local.rows, local.seq, path, exact=exact)
+    if layer_work > work:
+      work, gathered_max = layer_work, max(gathered, 0)
     for kind in unit:
-      res, peak = acts.layer_memory(local.model, kind, candidate.remat, local.rows, local.seq, path, exact=exact)
-      per_layer = res.activations + res.weights // fsdp + (res.offloaded if host_is_device else 0)
-      saved += repeats * per_layer
-      host += 0 if host_is_device else repeats * res.offloaded
-      invariant += res.invariant
-      per_kind[_kind_name(kind)] = per_layer
-      # The layer's forward + backward run alone: its residuals, then its backward's working
-      # set with its weight gradients unsharded. Those land in the gradients' buffer directly
-      # when nothing shards them over fsdp; otherwise they are reduce-scattered from a
-      # temporary, and the forward gathers the weights in the compute dtype.
-      layer_params = state.layer_gathered.get(index, 0) // len(unit)
-      gathered = layer_params * s // 4 if fsdp > 1 else -layer_params
-      layer_work = max(int(BACKWARD_TEMPS * peak) - res.device, 0) + gathered
-      if layer_work > work:
-        work, gathered_max = layer_work, max(gathered, 0)
       if kind.moe:
         dispatch = max(dispatch, dispatch_rows(cfg, path, chunked_tokens) * (cfg.hidden_size + 3 * (
             local.model.moe_intermediate_size)) * s)
 
+  if cfg.vision.enabled:
+    # A vision-language model's tower and projector run before the first layer: their residuals
+    # stay alive through the language model, and their backward comes last (its working set
+    # competes with a layer's).
+    res, peak = acts.vision_memory(cfg, local.rows, workload.seq_len)
+    saved += res.activations + res.weights // fsdp
+    invariant += res.invariant
+    per_kind["vision tower"] = res.activations + res.weights // fsdp
+    work = max(work, max(peak - res.device, 0))
+
   V, E = cfg.vocab_size, cfg.hidden_size
   chunk = min(candidate.vocab_chunk, V)
-  tp = candidate.mesh["tensor"]
-  width = chunk // tp if V % tp == 0 else chunk  # the LM head's vocabulary is split over tensor
-  # The loss keeps the final hidden states and, per vocabulary chunk, its running statistics
-  # (3 fp32 numbers per token); its backward holds LOGITS_COPIES [tokens, chunk] fp32 buffers.
-  n_chunks = -(-V // chunk)
-  loss = local.tokens * E * s + n_chunks * 3 * local.tokens * 4 + LOGITS_COPIES * local.tokens * width * 4
-  # The embeddings' activations: the embedded tokens and the final hidden states (and their
-  # gradients), the rotary tables; the embedding and LM head gathered over fsdp.
-  embed = 4 * local.tokens * E * s + 2 * local.tokens * cfg.rope_dim * 4
-  embed += state.embed_gathered * s // 4 if fsdp > 1 else 0
+  # The loss's forward + backward working set (per-chunk fp32
+  # logits, softmax, their gradient) is XLA's own, the loss compiled alone at one device's
+  # tokens. It scans over vocabulary chunks of the LM head (train/loss.py): a scan cannot walk an
+  # axis the tensor axis shards, so the SPMD partitioner gathers the head ("involuntary full
+  # rematerialization") and every device computes whole [tokens, chunk] logits over the whole
+  # vocabulary: the tensor axis does not shrink the loss.
+  # The final hidden states and their gradient are counted with the embeddings' activations below;
+  # the head's gradient lands in the gradients' buffer unless fsdp shards it (then it is a
+  # temporary, reduce-scattered).
+  # Its inputs (the final hidden states, the head gathered over fsdp) are alive with it; its
+  # outputs are the hidden states' gradient (then the layers' carried cotangent, counted below)
+  # and the head's gradient, which lands in the gradients' buffer unless fsdp shards it (then it
+  # is a temporary, reduce-scattered).
+  loss = acts.loss_peak(local.rows, local.seq, E, V, chunk, cfg.dtype, exact=exact)
+  loss += E * V * s if fsdp > 1 else -E * V * s
+  # XLA:CPU materialises the chunk mask's fill values ([tokens, chunk], -inf and 0) once, early,
+  # out of the loss's scan: alive from the forward pass on.
+  constants = 2 * local.tokens * chunk * 4
+  # Alive throughout: the layers' carried activation (the forward's, then its cotangent) and the
+  # rotary tables. The embedding table gathered over fsdp serves the lookup only (its backward is
+  # a scatter into the gradient); the head's gathered copy is the loss's.
+  embed = 2 * local.tokens * E * s + 2 * local.tokens * cfg.rope_dim * 4
   batch = 5 * local.tokens * 4
   return Memory(params=state.params, grads=state.grads, opt_state=state.opt_state, batch=batch, saved=saved,
                 saved_per_layer=tuple(per_kind.items()), layer_work=work, moe_dispatch=dispatch,
                 gathered_weights=gathered_max, loss=loss, invariant=invariant + embed,
                 update=int(UPDATE_TEMPS * state.grads), host=host, local_tokens=local.tokens,
-                gathered_per_pass=gathered_per_pass(state, stages) if fsdp > 1 else 0)
+                gathered_per_pass=gathered_per_pass(state, stages) if fsdp > 1 else 0,
+                loss_grads=min(state.embed_gathered // fsdp, state.grads), loss_constants=constants,
+                forward_work=forward_work)
 
 
 def gathered_per_pass(state: StateBytes, stages) -> int:
