@@ -268,7 +268,7 @@ def forward_temps(cfg: ModelConfig, kind, policy: str, rows: int, seq: int, path
   """`block_forward_temps`, scaled in the token count when not `exact` (as `layer_memory`)."""
   if exact or cfg.attention_impl == "xla":
     return block_forward_temps(cfg, kind, policy, rows, seq, path)
-  return int(block_forward_temps(cfg, kind, policy, 1, REFERENCE_TOKENS, path) * rows * seq / REFERENCE_TOKENS)
+  return interpolated(lambda r, t: block_forward_temps(cfg, kind, policy, r, t, path), cfg, rows, seq)
 
 
 REFERENCE_TOKENS = 4096  # where `layer_memory` traces when it scales
@@ -300,26 +300,42 @@ def layer_memory(cfg: ModelConfig, kind: LayerKind | tuple[LayerKind, ...], poli
   # its forward+backward peak does not depend on the remat policy (within 2% on the validation
   # cases): one compile per shape serves every policy.
   plain = cfg.replace(remat="none")
-  chunk = cfg.ffn_chunk if cfg.ffn_chunk and seq > cfg.ffn_chunk and seq % cfg.ffn_chunk == 0 else 0
   if exact or cfg.attention_impl == "xla":
     return (block_residuals(cfg, kind, policy, rows, seq, path), block_peak(plain, kind, "none", rows, seq, path))
   fixed = _layer_weight_bytes(plain, kind, path)
-  if chunk:
-    # The MLP / MoE in sequence chunks: its buffers grow with rows x chunk, the rest of the layer
-    # with rows x seq. Two traces of one row, 2 and 4 chunks long, give both parts.
-    t1, t2 = 2 * chunk, 4 * chunk
-    p1, p2 = (block_peak(plain, kind, "none", 1, t, path) for t in (t1, t2))
-    per_token = max(p2 - p1, 0) / (t2 - t1)
-    per_row = max(p1 - fixed - per_token * t1, 0)
-    ref_tokens, peak = t1, int(fixed + rows * (per_row + per_token * seq))
-  else:
-    ref_tokens = REFERENCE_TOKENS
-    peak = int(fixed + max(block_peak(plain, kind, "none", 1, ref_tokens, path) - fixed, 0) * rows * seq / ref_tokens)
+  peak = interpolated(lambda r, t: block_peak(plain, kind, "none", r, t, path), cfg, rows, seq, fixed)
+  ref_tokens = _reference_tokens(cfg, seq)
   scale = rows * seq / ref_tokens
   ref = block_residuals(cfg, kind, policy, 1, ref_tokens, path)
   res = Residuals(activations=int(ref.activations * scale), weights=ref.weights,
                   invariant=int(ref.invariant * scale), offloaded=int(ref.offloaded * scale))
   return res, peak
+
+
+def _ffn_chunk(cfg: ModelConfig, seq: int) -> int:
+  """The MLP / MoE chunk a row of `seq` tokens runs in (0: the whole row, as models/mlp.in_chunks)."""
+  c = cfg.ffn_chunk
+  return c if c and seq > c and seq % c == 0 else 0
+
+
+def _reference_tokens(cfg: ModelConfig, seq: int) -> int:
+  chunk = _ffn_chunk(cfg, seq)
+  return 2 * chunk if chunk else REFERENCE_TOKENS
+
+
+def interpolated(measure, cfg: ModelConfig, rows: int, seq: int, fixed: int = 0) -> int:
+  """`measure(rows, seq)` (bytes of a traced shape) at `rows` x `seq` from traces of one row: it
+  grows linearly with the tokens beyond `fixed` (what does not depend on them). An MLP / MoE in
+  sequence chunks grows with rows x chunk and the rest of the layer with rows x seq: two traces,
+  2 and 4 chunks long, give both parts."""
+  chunk = _ffn_chunk(cfg, seq)
+  if not chunk:
+    return int(fixed + max(measure(1, REFERENCE_TOKENS) - fixed, 0) * rows * seq / REFERENCE_TOKENS)
+  t1, t2 = 2 * chunk, 4 * chunk
+  p1, p2 = measure(1, t1), measure(1, t2)
+  per_token = max(p2 - p1, 0) / (t2 - t1)
+  per_row = max(p1 - fixed - per_token * t1, 0)
+  return int(fixed + rows * (per_row + per_token * seq))
 
 
 @functools.lru_cache(maxsize=256)
@@ -391,10 +407,9 @@ def recomputed_bytes(cfg: ModelConfig, kind, policy: str, rows: int, seq: int, p
     full = block_residuals(cfg, kind, "none", rows, seq, path).activations
     kept = block_residuals(cfg, kind, policy, rows, seq, path).activations
     return max(full - kept, 0)
-  scale = rows * seq / REFERENCE_TOKENS
-  return int(recomputed_bytes(cfg, kind, policy, 1, REFERENCE_TOKENS, path) * scale)
+  return interpolated(lambda r, t: recomputed_bytes(cfg, kind, policy, r, t, path), cfg, rows, seq)
 
 
 __all__ = ["DispatchPath", "REFERENCE_TOKENS", "Residuals", "as_unit", "block_forward_temps", "block_peak",
-           "block_residuals", "forward_temps", "layer_memory", "loss_peak", "recomputed_bytes", "residuals_of",
+           "block_residuals", "forward_temps", "interpolated", "layer_memory", "loss_peak", "recomputed_bytes", "residuals_of",
            "vision_memory"]
