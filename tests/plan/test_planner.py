@@ -85,7 +85,7 @@ def test_the_fastest_candidate_that_fits_a_budget_wins():
 
 
 def test_nothing_fits_is_an_error_with_the_shortfall_and_remedies():
-  config = load_config(TINY, ["--config.mesh=auto", "--config.model.remat=auto", "--config.data.seq_len=4096"])
+  config = load_config(TINY, ["--config.mesh=auto", "--config.model.remat=full", "--config.data.seq_len=4096"])
   with pytest.raises(ConfigError) as e:
     resolve_auto(config, 2, cpu_device(2 * MIB, 2))
   text = str(e.value)
@@ -104,7 +104,7 @@ def test_nothing_fits_is_an_error_with_the_shortfall_and_remedies():
 def test_resolve_auto_fills_in_a_config_the_mesh_accepts():
   from jaxtrain.parallel.mesh import AXES, check_sizes
   config = load_config(TINY, ["--config.mesh=auto", "--config.model.remat=auto", "--config.train.micro_batches=auto"])
-  resolved, plan = resolve_auto(config, 4, cpu_device(GiB, 4))
+  resolved, plan = resolve_auto(config, 2, cpu_device(GiB, 2))
   sizes = {a: resolved.mesh[a] for a in AXES}
   assert all(isinstance(v, int) for v in sizes.values()) and dataclasses.asdict(plan.best.candidate.mesh)["sizes"]
   check_sizes(resolved, sizes)  # what make_mesh checks before building the mesh
@@ -114,8 +114,8 @@ def test_resolve_auto_fills_in_a_config_the_mesh_accepts():
 def test_command_line_plans_for_a_device_kind(capsys):
   # `jaxtrain plan` (the console script's subcommand) runs the planner's main(argv).
   from jaxtrain import cli
-  assert cli.main(["plan", "--config", TINY, "--device-kind", "H100", "--devices", "2",
-                   "--config.data.seq_len=256"]) == 0
+  assert cli.main(["plan", "--config", TINY, "--device-kind", "H100", "--devices", "2", "--as-configured",
+                   "--config.data.seq_len=256", "--config.mesh.fsdp=2"]) == 0
   out = capsys.readouterr().out
   assert "Recommended: mesh" in out and "predicted memory per device" in out and "tokens/s per device" in out
   assert "The config as written" in out  # tiny.py fixes its mesh: evaluated too
@@ -126,13 +126,14 @@ def test_long_rows_plan_the_ffn_in_sequence_chunks_when_that_is_what_fits():
   # exist for one chunk at a time, so the layer's backward needs less; a budget between the
   # two makes the planner chunk, and its step time pays one more FFN forward.
   config = load_config(TINY, ["--config.data.seq_len=16384", "--config.train.global_batch=1", "--config.mesh=auto",
-                              "--config.model.remat=full", "--config.train.micro_batches=1"])
+                              "--config.model.remat=full", "--config.train.micro_batches=1",
+                              "--config.model.moe_intermediate_size=512"])  # the experts' buffers dominate
   workload = Workload.from_config(config)
   mesh = MeshShape({"fsdp": 1})
   whole = predict(workload, Candidate(mesh, "full", 1, 272), "cpu")
   chunked = predict(workload, Candidate(mesh, "full", 1, 272, 4096), "cpu")
-  assert chunked.layer_work < 0.75 * whole.layer_work and chunked.saved == whole.saved
-  assert chunked.total < whole.total
+  assert chunked.layer_work < 0.5 * whole.layer_work and chunked.saved == whole.saved
+  assert chunked.total < 0.5 * whole.total
   budget = (whole.total + chunked.total) / 2
   plan = make_plan(workload, 1, cpu_device(budget, 1))
   assert plan.best.candidate.ffn_chunk and plan.best.memory.total <= budget
