@@ -31,7 +31,8 @@ import numpy as np
 from jaxtrain.converters import from_pretrained
 from jaxtrain.converters.hf_config import is_hf_dir
 from jaxtrain.converters.load import checkpoint_model_section
-from jaxtrain.data.tokenizer import Tokenizer, build_tokenizer
+from jaxtrain.data.tokenizer import HFTokenizer, Tokenizer, build_tokenizer
+from jaxtrain.data.vision.processor import VisionProcessor, media_items
 from jaxtrain.generate.sampler import Sampler, SamplingParams
 from jaxtrain.generate.vision import VisionPrompt
 
@@ -120,11 +121,11 @@ class TextModel:
         raise ValueError("this is a text-only model (model.vision.tower is 'none'): it cannot take images")
       if self.processor_dir is None:
         raise ValueError("no image processor found with the model (a directory with preprocessor_config.json: "
-                         "the HF directory, or data.vision.processor / data.tokenizer of the run); pass it as "
-                         "--tokenizer DIR")
-      from jaxtrain.data.vision.processor import VisionProcessor
-      self._processor = VisionProcessor(self.processor_dir, chat_template=self.tokenizer.chat_template or None,
-                                        **self._processor_options)
+                         "the HF directory, or data.vision.processor / data.tokenizer of the run); give that "
+                         "directory as the tokenizer (TextModel.load(path, tokenizer=DIR), --tokenizer DIR)")
+      tok = self.tokenizer if isinstance(self.tokenizer, HFTokenizer) else None
+      self._processor = VisionProcessor(self.processor_dir, tokenizer=tok,
+                                        chat_template=self.tokenizer.chat_template or None, **self._processor_options)
     return self._processor
 
   def sampler(self, decode_chunk: int = 16) -> Sampler:
@@ -167,7 +168,6 @@ class TextModel:
     `VisionPrompt` when a message holds `{"type": "image", "image": PATH | PIL image}` (or
     video) parts, rendered as transformers' processors render them (relative paths from
     `base_dir`)."""
-    from jaxtrain.data.vision.processor import media_items
     if media_items(messages):
       out = self.processor.apply_chat_template(messages, add_generation_prompt=True, base_dir=base_dir)
       return VisionPrompt.from_processor(out)
