@@ -140,8 +140,8 @@ class Decoder(nnx.Module):
     x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
     rope, shift = positions if rope_positions is None else rope_positions, None
     if cache is not None and rope_positions is not None:
-      # A multimodal prompt's positions run ahead of its token count (a picture spans
-      # max(rows, cols) positions): tokens decoded after it continue from its furthest
+      # A multimodal prompt's positions do not follow its token count (a picture of h x w
+      # tokens spans max(h, w) positions): tokens decoded after it continue from its furthest
       # position + 1 (transformers' rope_deltas), on all three position rows.
       shift = jnp.max(rope_positions, axis=(1, 2)) - jnp.max(positions, axis=1)
     elif cache is not None and "rope_shift" in cache:
