@@ -6,6 +6,13 @@ and notebooks.
     for piece in lm.stream(lm.chat_prompt([{"role": "user", "content": "Hi"}]), max_new_tokens=64):
       print(piece, end="", flush=True)
 
+Vision-language models (Qwen3-VL, InternVL) take pictures too, through the model's processor
+(the HF directory's preprocessor_config.json, or the processor directory the run trained with):
+
+    lm.generate(["What colour is the square?"], images=[["square.png"]], temperature=0)
+    lm.chat_prompt([{"role": "user", "content": [{"type": "image", "image": "square.png"},
+                                                 {"type": "text", "text": "What colour is it?"}]}])
+
 The tokenizer comes with the model: an HF directory's own files, or the tokenizer (and chat
 template) the run trained with. Sampling is the rollout sampler's (`jaxtrain.generate.Sampler`:
 a KV cache, prompts of any lengths in one batch, stop tokens on the device, compiled programs
@@ -24,8 +31,10 @@ import numpy as np
 from jaxtrain.converters import from_pretrained
 from jaxtrain.converters.hf_config import is_hf_dir
 from jaxtrain.converters.load import checkpoint_model_section
-from jaxtrain.data.tokenizer import Tokenizer, build_tokenizer
+from jaxtrain.data.tokenizer import HFTokenizer, Tokenizer, build_tokenizer
+from jaxtrain.data.vision.processor import VisionProcessor, media_items
 from jaxtrain.generate.sampler import Sampler, SamplingParams
+from jaxtrain.generate.vision import VisionPrompt
 
 log = logging.getLogger("jaxtrain")
 
@@ -74,15 +83,50 @@ def end_of_turn_id(tokenizer: Tokenizer) -> int | None:
   return ids[0] if ids else None
 
 
-class TextModel:
-  """A model and its tokenizer: prompts in, completions out."""
+def processor_dir_for(path: str, tokenizer: str | None, data: Mapping[str, Any]) -> str | None:
+  """The directory holding the model's image processor (preprocessor_config.json): the tokenizer
+  directory given, the HF directory, or the processor / tokenizer directory the run trained with."""
+  vision = data.get("vision") or {}
+  for d in (tokenizer, path if is_hf_dir(path) else None, vision.get("processor"), data.get("tokenizer")):
+    if d and os.path.isfile(os.path.join(d, "preprocessor_config.json")):
+      return d
+  return None
 
-  def __init__(self, model, tokenizer: Tokenizer, *, add_bos: bool = True, stop_ids: Sequence[int] = ()):
+
+class TextModel:
+  """A model and its tokenizer (and, for a vision-language model, its processor): prompts in,
+  completions out."""
+
+  def __init__(self, model, tokenizer: Tokenizer, *, add_bos: bool = True, stop_ids: Sequence[int] = (),
+               processor_dir: str | None = None, processor_options: Mapping[str, Any] | None = None):
     self.model = model
     self.tokenizer = tokenizer
     self.add_bos = add_bos and tokenizer.bos_id is not None
     self.stop_ids = {i for i in (tokenizer.eos_id, end_of_turn_id(tokenizer), *stop_ids) if i is not None}
     self._samplers: dict[int, Sampler] = {}
+    self.processor_dir = processor_dir
+    self._processor_options = dict(processor_options or {})
+    self._processor = None
+
+  @property
+  def takes_pictures(self) -> bool:
+    return bool(getattr(getattr(self.model, "cfg", None), "vision", None) and self.model.cfg.vision.enabled)
+
+  @property
+  def processor(self):
+    """The model's `VisionProcessor` (built on first use); ValueError for a text-only model or
+    one without a processor directory."""
+    if self._processor is None:
+      if not self.takes_pictures:
+        raise ValueError("this is a text-only model (model.vision.tower is 'none'): it cannot take images")
+      if self.processor_dir is None:
+        raise ValueError("no image processor found with the model (a directory with preprocessor_config.json: "
+                         "the HF directory, or data.vision.processor / data.tokenizer of the run); give that "
+                         "directory as the tokenizer (TextModel.load(path, tokenizer=DIR), --tokenizer DIR)")
+      tok = self.tokenizer if isinstance(self.tokenizer, HFTokenizer) else None
+      self._processor = VisionProcessor(self.processor_dir, tokenizer=tok,
+                                        chat_template=self.tokenizer.chat_template or None, **self._processor_options)
+    return self._processor
 
   def sampler(self, decode_chunk: int = 16) -> Sampler:
     """The sampler of this model decoding `decode_chunk` tokens per compiled step (one each, kept)."""
@@ -99,50 +143,80 @@ class TextModel:
     tok, data = tokenizer_for(path, tokenizer, chat_template)
     model = from_pretrained(path, dtype=dtype, progress=progress)
     stop = _generation_eos_ids(path) | _generation_eos_ids(tok.name_or_path)  # the HF directory's, if any
-    return cls(model, tok, add_bos=bool(data.get("add_bos", True)), stop_ids=sorted(stop))
+    vision = dict(data.get("vision") or {})  # the run's image settings, so pictures are seen as in training
+    options = {k: vision[k] for k in ("image_backend", "image_max_pixels", "video_max_pixels", "max_tiles",
+                                      "video_fps", "video_num_frames") if vision.get(k)}
+    return cls(model, tok, add_bos=bool(data.get("add_bos", True)), stop_ids=sorted(stop),
+               processor_dir=processor_dir_for(path, tokenizer, data), processor_options=options)
 
   # -- prompts --------------------------------------------------------------------------------
-  def encode_prompt(self, text: str) -> list[int]:
+  def encode_prompt(self, text: str, images: Sequence[Any] | None = None) -> list[int] | VisionPrompt:
     """Token ids of a plain-text prompt (bos first where the model trained with one; a chat
-    template writes its own)."""
+    template writes its own). With `images` (paths, PIL images or uint8 `[H, W, 3]` arrays), a
+    `VisionPrompt`: the text's image placeholders take them in order, or they come first."""
+    if images:
+      enc = self.processor.encode_text(text, list(images))
+      return VisionPrompt.from_processor({"input_ids": enc.ids, **self.processor.pixel_arrays(enc)})
     ids = self.tokenizer.encode(text)
     if self.add_bos and not (ids and ids[0] == self.tokenizer.bos_id):
       ids = [self.tokenizer.bos_id] + ids
     return ids
 
-  def chat_prompt(self, messages: Sequence[Mapping[str, Any]]) -> list[int]:
-    """Token ids of a conversation rendered with the chat template, ready for the reply."""
+  def chat_prompt(self, messages: Sequence[Mapping[str, Any]], *, base_dir: str | None = None
+                  ) -> list[int] | VisionPrompt:
+    """Token ids of a conversation rendered with the chat template, ready for the reply; a
+    `VisionPrompt` when a message holds `{"type": "image", "image": PATH | PIL image}` (or
+    video) parts, rendered as transformers' processors render them (relative paths from
+    `base_dir`)."""
+    if media_items(messages):
+      out = self.processor.apply_chat_template(messages, add_generation_prompt=True, base_dir=base_dir)
+      return VisionPrompt.from_processor(out)
     return self.tokenizer.encode(self.tokenizer.apply_chat_template(messages, add_generation_prompt=True))
 
   def _drop_stop(self, ids: Sequence[int]) -> list[int]:
     return list(ids[:-1]) if ids and ids[-1] in self.stop_ids else list(ids)
 
   # -- sampling -------------------------------------------------------------------------------
-  def generate_ids(self, prompts: Sequence[Sequence[int]], *, max_new_tokens: int = 64, temperature: float = 0.8,
-                   top_k: int = 0, top_p: float = 1.0, seed: int = 0) -> list[list[int]]:
-    """New token ids for each prompt (one batch, any lengths), without the stop token."""
-    for i, p in enumerate(prompts):
-      if not p:
-        raise ValueError(f"prompt {i} is empty (no tokens)")
+  def _checked(self, i: int, p) -> list[int] | VisionPrompt:
+    if not len(p):
+      raise ValueError(f"prompt {i} is empty (no tokens)")
+    if isinstance(p, VisionPrompt):
+      if p.pixels and not self.takes_pictures:
+        raise ValueError(f"prompt {i} has images, but this is a text-only model (model.vision.tower is 'none')")
+      return p
+    return list(p)
+
+  def generate_ids(self, prompts: Sequence[Sequence[int] | VisionPrompt], *, max_new_tokens: int = 64,
+                   temperature: float = 0.8, top_k: int = 0, top_p: float = 1.0, seed: int = 0) -> list[list[int]]:
+    """New token ids for each prompt (token ids, or a `VisionPrompt` from `encode_prompt` /
+    `chat_prompt` with pictures; one batch, any lengths), without the stop token."""
+    prompts = [self._checked(i, p) for i, p in enumerate(prompts)]
     params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p)
-    batch = self.sampler().generate([list(p) for p in prompts], params, seed=seed)
+    batch = self.sampler().generate(prompts, params, seed=seed)
     return [self._drop_stop(c.token_ids) for c in batch.completions]
 
-  def generate(self, prompts: Sequence[str], **sampling) -> list[str]:
-    """Completions of plain-text prompts (see `generate_ids` for the sampling options)."""
-    ids = self.generate_ids([self.encode_prompt(p) for p in prompts], **sampling)
+  def generate(self, prompts: Sequence[str], *, images: Sequence[Sequence[Any] | None] | None = None,
+               **sampling) -> list[str]:
+    """Completions of plain-text prompts; `images[i]`: prompt i's pictures (paths, PIL images;
+    see `encode_prompt`). See `generate_ids` for the sampling options."""
+    if images is not None and len(images) != len(prompts):
+      raise ValueError(f"images: {len(images)} lists for {len(prompts)} prompts (one per prompt, None for none)")
+    pictures = images or [None] * len(prompts)
+    ids = self.generate_ids([self.encode_prompt(p, im) for p, im in zip(prompts, pictures)], **sampling)
     return [self.tokenizer.decode(i, skip_special_tokens=True) for i in ids]
 
-  def stream(self, prompt_ids: Sequence[int], *, max_new_tokens: int = 256, temperature: float = 0.8,
+  def stream(self, prompt_ids: Sequence[int] | VisionPrompt, *, max_new_tokens: int = 256, temperature: float = 0.8,
              top_k: int = 0, top_p: float = 1.0, seed: int = 0, chunk: int = 8) -> Iterator[str]:
-    """The completion of one prompt as text pieces, `chunk` tokens at a time (one compiled
-    decoding step each, one KV cache for the whole reply); stops at a stop token."""
-    if not prompt_ids:
+    """The completion of one prompt (token ids or a `VisionPrompt`) as text pieces, `chunk`
+    tokens at a time (one compiled decoding step each, one KV cache for the whole reply); stops
+    at a stop token."""
+    if not len(prompt_ids):
       raise ValueError("the prompt is empty (no tokens)")
+    prompt = self._checked(0, prompt_ids)
     params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p)
     new: list[int] = []
     shown = text = ""
-    for ids in self.sampler(chunk).stream(list(prompt_ids), params, seed=seed):
+    for ids in self.sampler(chunk).stream(prompt, params, seed=seed):
       stopped = bool(ids) and ids[-1] in self.stop_ids
       new += self._drop_stop(ids)
       text = self.tokenizer.decode(new, skip_special_tokens=True)
@@ -153,3 +227,4 @@ class TextModel:
         return
     if len(shown) < len(text):
       yield text[len(shown):]
+

@@ -2,15 +2,19 @@
 
   jaxtrain generate --model runs/quickstart --prompt "def " --prompt "class "
   jaxtrain generate --model HF_DIR --prompts-file prompts.jsonl --chat --jsonl > out.jsonl
+  jaxtrain generate --model QWEN3_VL_DIR --image cat.png --prompt "What is this?" --chat
 
-A prompts file holds one prompt per line, or JSON lines with "prompt" (text) or "messages" (a
-conversation, rendered with the chat template).
+A prompts file holds one prompt per line, or JSON lines with "prompt" (text, with "images": a
+list of image files for a vision-language model) or "messages" (a conversation, rendered with
+the chat template; content parts {"type": "image", "image": FILE} for pictures). Image paths in
+a prompts file are relative to its directory.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import textwrap
 
@@ -18,7 +22,8 @@ from jaxtrain.cli import common
 
 EXAMPLES = """examples:
   jaxtrain generate --model runs/quickstart --prompt "def " --prompt "class " --temperature 0
-  jaxtrain generate --model HF_DIR --prompts-file prompts.jsonl --chat --jsonl > completions.jsonl"""
+  jaxtrain generate --model HF_DIR --prompts-file prompts.jsonl --chat --jsonl > completions.jsonl
+  jaxtrain generate --model runs/qwen3_vl_tiny --image square.png --prompt "What colour is the shape?" --chat"""
 
 
 def _parser(prog: str) -> argparse.ArgumentParser:
@@ -32,6 +37,8 @@ def _parser(prog: str) -> argparse.ArgumentParser:
   prompts.add_argument("--prompt", action="append", default=[], metavar="TEXT", help="a prompt (repeatable)")
   prompts.add_argument("--prompts-file", default=None, metavar="FILE",
                        help="one prompt per line, or JSON lines with 'prompt' or 'messages'; - reads stdin")
+  prompts.add_argument("--image", action="append", default=[], metavar="FILE",
+                       help="an image for each --prompt (repeatable: in order), for a vision-language model")
   prompts.add_argument("--chat", action="store_true",
                        help="treat each text prompt as a user message and render it with the chat template")
   prompts.add_argument("--system", default=None, help="with --chat: a system message before each prompt")
@@ -42,10 +49,30 @@ def _parser(prog: str) -> argparse.ArgumentParser:
   return parser
 
 
-def read_prompts(path: str) -> list[str | list]:
-  """Text prompts (str) and conversations (list of messages) from a prompts file."""
+def _resolved(path: str, base: str) -> str:
+  return path if os.path.isabs(path) else os.path.join(base, path)
+
+
+def _with_paths(messages: list, base: str) -> list:
+  """The conversation with its image / video parts' relative paths made relative to `base`."""
+  out = []
+  for m in messages:
+    content = m.get("content") if isinstance(m, dict) else None
+    if isinstance(content, list):
+      content = [{**part, part["type"]: _resolved(part[part["type"]], base)}
+                 if isinstance(part, dict) and part.get("type") in ("image", "video")
+                 and isinstance(part.get(part["type"]), str) else part for part in content]
+      m = {**m, "content": content}
+    out.append(m)
+  return out
+
+
+def read_prompts(path: str) -> list[str | list | dict]:
+  """Text prompts (str), conversations (list of messages) and text prompts with images
+  ({"prompt": str, "images": [paths]}) from a prompts file."""
   f = sys.stdin if path == "-" else open(path, encoding="utf-8")
-  out: list[str | list] = []
+  base = os.getcwd() if path == "-" else os.path.dirname(os.path.abspath(path))
+  out: list[str | list | dict] = []
   with f:
     for lineno, line in enumerate(f, 1):
       text = line.rstrip("\n")
@@ -56,10 +83,14 @@ def read_prompts(path: str) -> list[str | list]:
           record = json.loads(text)
         except json.JSONDecodeError as e:
           raise ValueError(f"{path}:{lineno}: invalid JSON ({e})") from None
+        images = record.get("images", [])
+        if not isinstance(images, list) or not all(isinstance(i, str) for i in images):
+          raise ValueError(f"{path}:{lineno}: 'images' must be a list of image file paths")
         if isinstance(record.get("messages"), list):
-          out.append(record["messages"])
+          out.append(_with_paths(record["messages"], base))
         elif isinstance(record.get("prompt"), str):
-          out.append(record["prompt"])
+          out.append({"prompt": record["prompt"], "images": [_resolved(i, base) for i in images]} if images
+                     else record["prompt"])
         else:
           raise ValueError(f"{path}:{lineno}: a JSON line needs 'prompt' (text) or 'messages' (a list)")
       else:
@@ -73,7 +104,9 @@ def main(argv: list[str] | None = None, prog: str = "jaxtrain generate") -> int:
   common.check_sampling_args(parser, args)
   if args.num_samples < 1:
     parser.error(f"--num-samples must be >= 1, got {args.num_samples}")
-  prompts: list[str | list] = list(args.prompt)
+  prompts: list[str | list | dict] = [{"prompt": p, "images": args.image} if args.image else p for p in args.prompt]
+  if args.image and not args.prompt:
+    parser.error("--image goes with the --prompt it shows (give one)")
   if args.prompts_file:
     try:
       prompts += read_prompts(args.prompts_file)
@@ -89,24 +122,28 @@ def main(argv: list[str] | None = None, prog: str = "jaxtrain generate") -> int:
   ids = []
   try:
     for p in prompts:
+      text, images = (p["prompt"], p["images"]) if isinstance(p, dict) else (p, [])
       if isinstance(p, list) or args.chat:
-        messages = p if isinstance(p, list) else [{"role": "user", "content": p}]
+        content = [*({"type": "image", "image": i} for i in images), {"type": "text", "text": text}]
+        messages = p if isinstance(p, list) else [{"role": "user", "content": content if images else text}]
         if args.system and not isinstance(p, list):
           messages = [{"role": "system", "content": args.system}, *messages]
         ids.append(lm.chat_prompt(messages))
       else:
-        ids.append(lm.encode_prompt(p))
-  except ValueError as e:  # no chat template
+        ids.append(lm.encode_prompt(text, images))
+    repeated = [i for i in ids for _ in range(args.num_samples)]
+    completions = lm.generate_ids(repeated, **common.sampling(args))
+  except ValueError as e:  # no chat template, an image that cannot be read or does not fit, a text-only model
     print(f"error: {e}", file=sys.stderr)
     return 1
-  repeated = [i for i in ids for _ in range(args.num_samples)]
-  completions = lm.generate_ids(repeated, **common.sampling(args))
   for n, new in enumerate(completions):
     prompt, sample = prompts[n // args.num_samples], n % args.num_samples
     text = lm.tokenizer.decode(new, skip_special_tokens=True)
     if args.jsonl:
-      print(json.dumps({"prompt": prompt, "sample": sample, "completion": text}, ensure_ascii=False))
+      shown = {"prompt": prompt["prompt"], "images": prompt["images"]} if isinstance(prompt, dict) else {"prompt": prompt}
+      print(json.dumps({**shown, "sample": sample, "completion": text}, ensure_ascii=False))
     else:
+      prompt = prompt["prompt"] if isinstance(prompt, dict) else prompt
       head = prompt if isinstance(prompt, str) and not args.chat else ""
       print(("" if n == 0 else "---\n") + head + text)
   return 0

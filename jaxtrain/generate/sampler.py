@@ -25,6 +25,11 @@ How it runs:
 - Each row draws from its own key (call key, row, step), so a prompt's samples do not depend
   on the other prompts in the batch.
 
+Prompts with pictures (`generate.vision.VisionPrompt`: expanded token ids and the processor's
+pixel arrays) are laid out per row as training lays them out; the prefill runs the vision tower
+and merges its features, and Qwen3-VL's decoding continues its 3-D positions (the model keeps
+the shift in the cache).
+
 `generate(model, prompt_ids, ...)` is the simple array-in / array-out entry point (the
 Trainer's end-of-run sample uses it).
 """
@@ -41,6 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxtrain.generate import vision
 from jaxtrain.generate.sampling import row_keys, select
 from jaxtrain.generate.stops import find_stop
 
@@ -94,17 +100,20 @@ def _repeat_rows(tree, n: int, axis_of):
 
 
 @partial(jax.jit, static_argnames=("graphdef", "n", "cache_len", "greedy", "filtered", "vocab_limit"))
-def _prefill(graphdef, states, tokens, start, rng, temperature, top_k, top_p, *, n, cache_len, greedy, filtered,
-             vocab_limit):
+def _prefill(graphdef, states, tokens, start, rng, temperature, top_k, top_p, vision, *, n, cache_len, greedy,
+             filtered, vocab_limit):
+  """`vision`: the per-row vision inputs of a batch with pictures (`generate/vision.py`), else {}."""
   model = nnx.merge(graphdef, *states)
   B, P = tokens.shape
   cache = model.init_cache(B, cache_len, start=start)
   segment_ids = (jnp.arange(P)[None, :] >= start[:, None]).astype(jnp.int32)
-  out = model(tokens, segment_ids=segment_ids, cache=cache)
+  out = model(tokens, segment_ids=segment_ids, cache=cache, **vision)
   logits = jnp.repeat(out.logits[:, -1], n, axis=0)
   cache = {"index": out.cache["index"], "start": jnp.repeat(out.cache["start"], n),
            # stage caches are [layers, batch, ...]
            "stages": _repeat_rows(out.cache["stages"], n, lambda a: 1)}
+  if "rope_shift" in out.cache:  # multimodal positions: decoding continues after the prompt's furthest
+    cache["rope_shift"] = jnp.repeat(out.cache["rope_shift"], n)
   token, logp = select(logits, row_keys(rng, 0, B * n), temperature, top_k, top_p, greedy=greedy,
                        filtered=filtered, vocab_limit=vocab_limit)
   return token, logp, cache
@@ -154,6 +163,7 @@ class Sampler:
       self.state = (state,)
     else:
       self.graphdef, self.state = model, None
+    self.model = model  # its host-side vision layout (`prepare`) lays out prompts with pictures
     self.tokenizer = tokenizer
     if eos_ids is None:
       eos_ids = () if tokenizer is None or tokenizer.eos_id is None else (tokenizer.eos_id,)
@@ -237,8 +247,9 @@ class Sampler:
     tokens = np.full((B, P), self.pad_id, np.int32)
     start = np.full((B,), P, np.int32)
     for i, p in enumerate(prompts):
-      tokens[i, P - len(p):] = np.asarray(p, np.int32)
+      tokens[i, P - len(p):] = np.asarray(vision.prompt_ids(p), np.int32)
       start[i] = P - len(p)
+    pictures = {k: jnp.asarray(a) for k, a in vision.batch_inputs(self.model, tokens, start, prompts).items()}
     greedy = params.temperature == 0
     filtered = not greedy and (params.top_k > 0 or params.top_p < 1)
     knobs = (jnp.float32(max(params.temperature, 1e-6)), jnp.int32(params.top_k), jnp.float32(params.top_p))
@@ -246,8 +257,8 @@ class Sampler:
     stop_ids = jnp.asarray(self.eos_ids + tuple(params.stop_token_ids) or (-1,), jnp.int32)
 
     t0 = time.perf_counter()
-    token, logp, cache = _prefill(self.graphdef, state, jnp.asarray(tokens), jnp.asarray(start), rng, *knobs, n=n,
-                                  cache_len=shapes["cache_len"], **static)
+    token, logp, cache = _prefill(self.graphdef, state, jnp.asarray(tokens), jnp.asarray(start), rng, *knobs,
+                                  pictures, n=n, cache_len=shapes["cache_len"], **static)
     first = np.asarray(token)
     run.prefill_seconds = time.perf_counter() - t0
     rows, real = B * n, len(prompts) * n

@@ -142,7 +142,16 @@ class Decoder(nnx.Module):
     elif positions is None:  # cache slot minus the row's left padding
       positions = jnp.maximum(cache["index"] + jnp.arange(T, dtype=jnp.int32)[None, :] - cache["start"][:, None], 0)
     x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
-    cos, sin = rope_tables(positions if rope_positions is None else rope_positions, cfg, cfg.rope_dim)
+    rope, shift = positions if rope_positions is None else rope_positions, None
+    if cache is not None and rope_positions is not None:
+      # A multimodal prompt's positions do not follow its token count (a picture of h x w
+      # tokens spans max(h, w) positions): tokens decoded after it continue from its furthest
+      # position + 1 (transformers' rope_deltas), on all three position rows.
+      shift = jnp.max(rope_positions, axis=(1, 2)) - jnp.max(positions, axis=1)
+    elif cache is not None and "rope_shift" in cache:
+      shift = cache["rope_shift"]
+      rope = positions + shift[:, None]
+    cos, sin = rope_tables(rope, cfg, cfg.rope_dim)
     stage_auxes, new_stage_caches = [], []
     first = 0
     for s, (stage, (unit, repeats)) in enumerate(zip(self.stages, cfg.stages())):
@@ -159,6 +168,8 @@ class Decoder(nnx.Module):
     h = self.final_norm(x)
     new_cache = None if cache is None else {"index": cache["index"] + T, "start": cache["start"],
                                             "stages": new_stage_caches}
+    if shift is not None:
+      new_cache["rope_shift"] = shift
     return h, self._collect_aux(stage_auxes), new_cache
 
   def logits(self, h):

@@ -88,6 +88,10 @@ WANDB_MODES = ("online", "offline", "disabled")
 def validate(config: ConfigDict) -> None:
   t = config.train
   require(t.method in METHODS, "train.method", f"{t.method!r} is not one of {METHODS}")
+  # Preference pairs and RL prompts carry text only: their rows have no pictures to lay out.
+  require(t.method == "sft" or config.model.vision.tower == "none", "train.method",
+          f"train.method={t.method!r} is not supported for a vision-language model (model.vision.tower="
+          f"{config.model.vision.tower!r}): preference pairs and RL prompts carry no images; use train.method='sft'")
   require(t.steps >= 0, "train.steps", f"must be >= 0, got {t.steps}")
   require(t.global_batch >= 1, "train.global_batch", f"must be >= 1, got {t.global_batch}")
   require(is_auto(t.micro_batches) or (isinstance(t.micro_batches, int) and t.micro_batches >= 1

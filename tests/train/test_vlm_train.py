@@ -145,3 +145,11 @@ def test_per_row_layout_equals_flat_layout(tower):
     np.testing.assert_array_equal(per_row[k], flat[k], err_msg=k)
   with pytest.raises(ValueError, match="data.vision.max_patches"):
     model_batch(cfg, row_batch(cfg, layout, SEQ, max_patches=cfg.vision.row_capacity + 4, max_items=6), SEQ)
+
+
+@pytest.mark.parametrize("method", ["dpo", "grpo"])
+def test_preference_and_rl_methods_refuse_a_vision_language_model(method):
+  from jaxtrain.config import ConfigError
+  from jaxtrain.train.run_config import load_config
+  with pytest.raises(ConfigError, match=f"train.method='{method}' is not supported for a vision-language model"):
+    load_config("configs/qwen3_vl_tiny.py", [f"--config.train.method={method}"])

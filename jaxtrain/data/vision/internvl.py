@@ -89,6 +89,11 @@ class InternVL:
   def patch_shape(self) -> tuple[int, ...]:
     return (3, *self.tile)
 
+  @property
+  def image_block(self) -> str:
+    """An image in a prompt, as the chat template writes it."""
+    return self.image_token + "\n"
+
   def _resize(self, rgb: np.ndarray, h: int, w: int) -> np.ndarray:
     return (resample.resize_torch if self.torch else resample.resize_pil)(rgb, h, w, self.resample)
 

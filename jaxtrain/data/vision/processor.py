@@ -230,12 +230,26 @@ class VisionProcessor:
     else:
       text, spans = chat.assistant_spans(self.chat_template, shown, tools=tools, special_tokens=specials,
                                          which=loss_on)
+    return self._tokenize(text, sources, spans, base_dir, "the chat template rendered", "in the messages")
+
+  def encode_text(self, text: str, images: Sequence[Any] = (), *, base_dir: str | None = None) -> Encoded:
+    """A plain-text prompt with images, as transformers' `processor(text=..., images=...)`: each
+    image placeholder of the text (Qwen3-VL `<|image_pad|>`, InternVL `<IMG_CONTEXT>`) takes the
+    next image; a text without placeholders gets its images first, each written as the chat
+    template writes one (`spec.image_block`)."""
+    if images and not self._placeholder.search(text):
+      text = self.spec.image_block * len(images) + text
+    return self._tokenize(text, [(IMAGE, image) for image in images], [], base_dir, "the prompt has", "given")
+
+  def _tokenize(self, text: str, sources: list[tuple[int, Any]], spans, base_dir: str | None, rendered: str,
+                where: str) -> Encoded:
+    """Rendered text with one placeholder per item of `sources` -> expanded and tokenized."""
     queues = {IMAGE: [s for k, s in sources if k == IMAGE], VIDEO: [s for k, s in sources if k == VIDEO]}
     found = [IMAGE if m.group() == self.spec.image_token else VIDEO for m in self._placeholder.finditer(text)]
     for kind, name in ((IMAGE, "image"), (VIDEO, "video")):
       if found.count(kind) != len(queues[kind]):
-        raise ValueError(f"the chat template rendered {found.count(kind)} {name} placeholders for "
-                         f"{len(queues[kind])} {name}s in the messages")
+        raise ValueError(f"{rendered} {found.count(kind)} {name} placeholders for {len(queues[kind])} {name}s "
+                         f"{where}")
     items = []
     taken = {IMAGE: 0, VIDEO: 0}
     for kind in found:
@@ -279,10 +293,16 @@ class VisionProcessor:
     enc = self.encode(messages, base_dir=base_dir, add_generation_prompt=add_generation_prompt, loss_on=None,
                       tools=tools)
     out = {"input_ids": enc.ids[None], "attention_mask": np.ones((1, len(enc.ids)), np.int64)}
+    if self.kind == "qwen3_vl":
+      out["mm_token_type_ids"] = enc.types.astype(np.int64)[None]
+    return {**out, **self.pixel_arrays(enc)}
+
+  def pixel_arrays(self, enc: Encoded) -> dict[str, np.ndarray]:
+    """The pixel arrays of an encoded conversation as transformers' processor returns them."""
+    out = {}
     images = [it.pixels for it in enc.items if it.kind == IMAGE]
     videos = [it.pixels for it in enc.items if it.kind == VIDEO]
     if self.kind == "qwen3_vl":
-      out["mm_token_type_ids"] = enc.types.astype(np.int64)[None]
       if images:
         out["pixel_values"] = np.concatenate([p.patches for p in images])
         out["image_grid_thw"] = np.array([p.grid for p in images], np.int64)

@@ -154,6 +154,11 @@ class QwenVL:
   def patch_shape(self) -> tuple[int, ...]:
     return (3 * self.temporal * self.patch * self.patch,)
 
+  @property
+  def image_block(self) -> str:
+    """An image in a prompt, as the chat template writes it."""
+    return self.vision_start + self.image_token + self.vision_end
+
   def image(self, rgb: np.ndarray) -> Pixels:
     factor = self.patch * self.merge
     if self.image_resize:
