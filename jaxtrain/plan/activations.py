@@ -353,16 +353,13 @@ def _loss_peak(rows: int, seq: int, hidden: int, vocab: int, chunk: int, dtype: 
   return int(stats.temp_size_in_bytes) + int(stats.output_size_in_bytes)
 
 
-def loss_peak(rows: int, seq: int, hidden: int, vocab: int, chunk: int, dtype: str, *, exact: bool = True) -> int:
+def loss_peak(rows: int, seq: int, hidden: int, vocab: int, chunk: int, dtype: str) -> int:
   """Peak bytes above its inputs of the chunked cross-entropy's forward + backward
   (train/loss.py) on one device: the per-chunk fp32 logits, their softmax and gradient, the
   hidden states' and head's gradients. XLA says, as for the layers (the loss compiled alone for
-  this host). With `exact=False`, scaled in the token count from REFERENCE_TOKENS."""
-  if exact:
-    return _loss_peak(rows, seq, hidden, vocab, chunk, dtype)
-  fixed = 2 * hidden * vocab * np.dtype(dtype_of(dtype)).itemsize  # the head and its gradient
-  ref = _loss_peak(1, REFERENCE_TOKENS, hidden, vocab, chunk, dtype)
-  return int(fixed + max(ref - fixed, 0) * rows * seq / REFERENCE_TOKENS)
+  this host, at the exact shape: a small program, about 2 s to compile; its buffers do not grow
+  linearly with the tokens, since XLA keeps more [tokens, chunk] copies as they grow)."""
+  return _loss_peak(rows, seq, hidden, vocab, chunk, dtype)
 
 
 def _vision_program(cfg: ModelConfig, rows: int, seq: int):

@@ -29,7 +29,7 @@ from jaxtrain.models import factory
 from jaxtrain.models.config import LayerKind
 from jaxtrain.plan import activations as acts
 from jaxtrain.plan.state import StateBytes, compute_itemsize, state_bytes
-from jaxtrain.plan.workload import Candidate, Local, Workload, local_share, traced_model
+from jaxtrain.plan.workload import Candidate, Workload, local_share, traced_model
 
 BACKWARD_TEMPS = 1.0  # scales the layer's compiled forward+backward peak (see the module docstring)
 UPDATE_TEMPS = 1.0  # AdamW's update: temporaries worth this many gradients
@@ -192,7 +192,7 @@ def predict(workload: Workload, candidate: Candidate, platform: str, *, abstract
   # outputs are the hidden states' gradient (then the layers' carried cotangent, counted below)
   # and the head's gradient, which lands in the gradients' buffer unless fsdp shards it (then it
   # is a temporary, reduce-scattered).
-  loss = acts.loss_peak(local.rows, local.seq, E, V, chunk, cfg.dtype, exact=exact)
+  loss = acts.loss_peak(local.rows, local.seq, E, V, chunk, cfg.dtype)
   loss += E * V * s if fsdp > 1 else -E * V * s
   # XLA:CPU materialises the chunk mask's fill values ([tokens, chunk], -inf and 0) once, early,
   # out of the loss's scan: alive from the forward pass on.
