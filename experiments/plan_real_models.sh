@@ -17,11 +17,15 @@ plan() {  # name, then the planner's arguments
   $py -m jaxtrain.plan "$@" --top 4 >>"$out/$name.txt" 2>&1  # progress lines included
   echo "(exit $?, $((SECONDS - t0)) s)" | tee -a "$out/$name.txt"
 }
-plan qwen3_235b_64k_256xH800 --config configs/qwen3_235b_a22b_64k.py --device-kind H800 --devices 256
-plan qwen3_235b_64k_64xH800 --config configs/qwen3_235b_a22b_64k.py --device-kind H800 --devices 64 --config.train.global_batch=64
-plan deepseek_v3_256xH800 --config configs/deepseek_v3_sft.py --device-kind H800 --devices 256
-plan kimi_k2_256xH800 --config configs/kimi_k2_sft.py --device-kind H800 --devices 256
-plan gpt_oss_120b_8xH100 --config configs/gpt_oss_120b_sft.py --device-kind H100 --devices 8
-plan gpt_oss_120b_32xH100 --config configs/gpt_oss_120b_sft.py --device-kind H100 --devices 32
+# Large meshes: the full search over ~100 meshes takes hours on 2 CPU cores (a compile per
+# distinct local layer shape), so the mesh is fixed as XTuner V1 runs such models (fsdp only, or
+# intra-node expert parallel) and the planner chooses remat, offload, micro-batches and chunks.
+FSDP="--as-configured --config.mesh.data=1 --config.mesh.sequence=1 --config.mesh.tensor=1"
 plan qwen3_30b_8k_8xH100 --config configs/qwen3_30b_a3b_sft.py --device-kind H100 --devices 8 --config.data.seq_len=8192
 plan qwen3_30b_64k_8xH100 --config configs/qwen3_30b_a3b_sft.py --device-kind H100 --devices 8 --config.data.seq_len=65536 --config.train.global_batch=8
+plan gpt_oss_120b_8xH100 --config configs/gpt_oss_120b_sft.py --device-kind H100 --devices 8
+plan gpt_oss_120b_32xH100 --config configs/gpt_oss_120b_sft.py --device-kind H100 --devices 32
+plan qwen3_235b_64k_256xH800_fsdp --config configs/qwen3_235b_a22b_64k.py --device-kind H800 --devices 256 $FSDP --config.mesh.expert=1 --config.mesh.fsdp=256
+plan qwen3_235b_64k_64xH800_fsdp --config configs/qwen3_235b_a22b_64k.py --device-kind H800 --devices 64 --config.train.global_batch=64 $FSDP --config.mesh.expert=1 --config.mesh.fsdp=64
+plan deepseek_v3_256xH800_ep8 --config configs/deepseek_v3_sft.py --device-kind H800 --devices 256 $FSDP --config.mesh.expert=8 --config.mesh.fsdp=32
+plan kimi_k2_256xH800_ep8 --config configs/kimi_k2_sft.py --device-kind H800 --devices 256 $FSDP --config.mesh.expert=8 --config.mesh.fsdp=32
