@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m jaxtrain.plan") -
   logging.basicConfig(level=logging.WARNING, format="[jaxtrain.plan] %(message)s", stream=sys.stderr)
   from jaxtrain.config import ConfigError
   from jaxtrain.plan.planner import make_plan
-  from jaxtrain.plan.report import format_plan, no_fit_message
+  from jaxtrain.plan.report import format_plan
   from jaxtrain.plan.resolve import fit_hints, fixed_candidate, has_auto
   from jaxtrain.plan.workload import Workload
   from jaxtrain.train.run_config import load_config
@@ -92,7 +92,10 @@ def main(argv: list[str] | None = None, prog: str = "python -m jaxtrain.plan") -
   if args.json:
     print(json.dumps(_as_json(plan, as_written), indent=1))
   else:
-    print(format_plan(plan, top=args.top))
+    hints = None
+    if plan.best is None and plan.closest is not None:
+      hints = fit_hints(workload, plan.closest.candidate, device, devices, plan.budget)
+    print(format_plan(plan, top=args.top, hints=hints))
     if as_written is not None:
       from jaxtrain.plan.memory import gib
       if isinstance(as_written, str):
@@ -102,9 +105,6 @@ def main(argv: list[str] | None = None, prog: str = "python -m jaxtrain.plan") -
         print(f"\nThe config as written ({as_written.candidate.describe()}): {gib(as_written.memory.total)} per "
               f"device ({fits}), {as_written.step:.3f} s per step, "
               f"{as_written.time.tokens_per_sec_per_device:,.0f} tokens/s per device")
-    if plan.best is None and plan.closest is not None:
-      print(no_fit_message(plan, fit_hints(workload, plan.closest.candidate, device, devices, plan.budget))
-            .split("\n", 1)[-1])
   return 0 if plan.best is not None else 1
 
 

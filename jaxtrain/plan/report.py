@@ -48,7 +48,8 @@ def why_loses(option: Option, best: Option) -> str:
   return f"{slower} step time" + (f": {'; '.join(reasons)}" if reasons else "")
 
 
-def format_plan(plan: Plan, *, top: int = 8) -> str:
+def format_plan(plan: Plan, *, top: int = 8, hints: list[str] | None = None) -> str:
+  """The plan as text; `hints` (what would make it fit) go with a plan where nothing fits."""
   w, d = plan.workload, plan.device
   lines = [f"Plan for {w.model.arch}: {_count(plan)} parameters, seq_len {w.seq_len:,}, global batch {w.global_batch} "
            f"({w.tokens_per_step:,} tokens/step) on {plan.devices} x {d.kind} ({gib(d.memory)} each, planning "
@@ -56,7 +57,7 @@ def format_plan(plan: Plan, *, top: int = 8) -> str:
   best = plan.best
   if best is None:
     lines.append("")
-    lines.append(no_fit_message(plan))
+    lines.append(no_fit_message(plan, hints))
     return "\n".join(lines)
   c, m, t = best.candidate, best.memory, best.time
   lines += ["", f"Recommended: {c.describe()}",
