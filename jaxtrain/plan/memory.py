@@ -185,9 +185,7 @@ def predict(workload: Workload, candidate: Candidate, platform: str, *, abstract
   # axis the tensor axis shards, so the SPMD partitioner gathers the head ("involuntary full
   # rematerialization") and every device computes whole [tokens, chunk] logits over the whole
   # vocabulary: the tensor axis does not shrink the loss.
-  # The final hidden states and their gradient are counted with the embeddings' activations below;
-  # the head's gradient lands in the gradients' buffer unless fsdp shards it (then it is a
-  # temporary, reduce-scattered).
+  # The final hidden states and their gradient are counted with the embeddings' activations below.
   # Its inputs (the final hidden states, the head gathered over fsdp) are alive with it; its
   # outputs are the hidden states' gradient (then the layers' carried cotangent, counted below)
   # and the head's gradient, which lands in the gradients' buffer unless fsdp shards it (then it
